@@ -1,0 +1,34 @@
+# Two commands on a fresh machine with Python 3.11:
+#   make demo   build the example model, serve it locally, send predictions, show metrics
+#   make test   the whole test suite (what CI runs)
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: install demo test bench model clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: the local CPU wheel, never the CUDA packages.
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[server,operator,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+model: install
+	$(BIN)/python examples/build_model.py --out examples/model
+
+demo: model
+	$(BIN)/python examples/quickstart.py --model-dir examples/model
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: model
+	$(BIN)/python benchmarks/bench_server.py --model-dir examples/model
+
+clean:
+	rm -rf $(VENV) examples/model .pytest_cache
