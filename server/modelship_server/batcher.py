@@ -1,0 +1,295 @@
+"""Dynamic batching: no torch, no FastAPI.
+
+Requests queue as opaque payloads carrying a row count. A batch runs when the queued rows
+reach `max_batch_size` or the oldest queued request has waited `max_delay` seconds. A
+request is never split; one larger than `max_batch_size` runs alone. The predict function
+(injected, synchronous) runs on one dedicated worker thread so batches run back to back
+while the event loop keeps accepting; the clock is injected so tests can drive time.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any, Callable, Protocol, Sequence
+
+from .errors import InferenceFailed, QueueFull, ServerError, ShuttingDown, Timeout
+
+log = logging.getLogger(__name__)
+
+# payloads -> one result per payload, in order. Runs on the worker thread.
+PredictFn = Callable[[list[Any]], Sequence[Any]]
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle: ...
+
+
+class LoopClock:
+    """The running event loop's monotonic clock and timers."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.now = loop.time
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        return self._loop.call_later(delay, callback)
+
+
+class BatchObserver(Protocol):
+    """Hooks for metrics; called on the event loop."""
+
+    def on_dispatch(self, queue_wait_s: float) -> None: ...
+
+    def on_batch(self, rows: int, compute_s: float) -> None: ...
+
+
+_QUEUED, _RUNNING, _DONE = 0, 1, 2
+
+
+class _Item:
+    __slots__ = ("payload", "rows", "future", "enqueued", "timer", "state")
+
+    def __init__(self, payload: Any, rows: int, future: asyncio.Future, enqueued: float) -> None:
+        self.payload = payload
+        self.rows = rows
+        self.future = future
+        self.enqueued = enqueued
+        self.timer: TimerHandle | None = None
+        self.state = _QUEUED
+
+
+class Batcher:
+    def __init__(
+        self,
+        predict: PredictFn,
+        *,
+        max_batch_size: int,
+        max_delay: float,
+        max_queue: int,
+        timeout: float,
+        clock: Clock | None = None,
+        executor: Executor | None = None,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self._predict = predict
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_delay
+        self.max_queue = max_queue
+        self.timeout = timeout
+        self._clock = clock
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="modelship-forward")
+        self._observer = observer
+        self._queue: deque[_Item] = deque()
+        self._queued_rows = 0
+        self._running_rows = 0
+        self._waiter: asyncio.Future | None = None
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        if self._clock is None:
+            self._clock = LoopClock(self._loop)
+        self._task = self._loop.create_task(self._run_loop(), name="modelship-batcher")
+
+    def close(self) -> None:
+        """Stop admitting; queued work is still flushed (without waiting for batch-mates)."""
+        self._closed = True
+        self._wake()
+
+    async def drain(self) -> None:
+        """close() and wait until every admitted request has been answered."""
+        self.close()
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        if self._own_executor:
+            self._executor.shutdown(wait=False)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    @property
+    def running_rows(self) -> int:
+        return self._running_rows
+
+    # -- admission -------------------------------------------------------------------------
+
+    async def submit(self, payload: Any, rows: int) -> Any:
+        """Queue `payload` (carrying `rows` rows) and return its result.
+
+        Raises ShuttingDown or QueueFull (503), Timeout (504), or the request's own error.
+        """
+        if self._closed or self._task is None:
+            raise ShuttingDown()
+        # An empty queue admits any request, so one larger than max_queue is not shed forever.
+        if self._queued_rows and self._queued_rows + rows > self.max_queue:
+            raise QueueFull()
+        clock = self._clock
+        assert clock is not None and self._loop is not None
+        item = _Item(payload, rows, self._loop.create_future(), clock.now())
+        item.timer = clock.call_later(self.timeout, lambda: self._expire(item))
+        self._queue.append(item)
+        self._queued_rows += rows
+        self._wake()
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            self._expire(item, cancelled=True)
+            raise
+
+    def _expire(self, item: _Item, cancelled: bool = False) -> None:
+        if item.state == _QUEUED:
+            # Dropped from the queue (skipped lazily), never computed.
+            self._queued_rows -= item.rows
+            self._wake()
+        item.state = _DONE
+        if item.timer is not None:
+            item.timer.cancel()
+        if not item.future.done() and not cancelled:
+            item.future.set_exception(Timeout())
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self, timeout: float | None) -> None:
+        assert self._loop is not None and self._clock is not None
+        self._waiter = self._loop.create_future()
+        timer = self._clock.call_later(timeout, self._wake) if timeout is not None else None
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _head(self) -> _Item | None:
+        queue = self._queue
+        while queue and queue[0].state != _QUEUED:
+            queue.popleft()
+        return queue[0] if queue else None
+
+    async def _run_loop(self) -> None:
+        try:
+            while True:
+                head = self._head()
+                if head is None:
+                    if self._closed:
+                        return
+                    await self._wait(None)
+                    continue
+                # Wait for batch-mates until full or the oldest request's delay is spent.
+                while not self._closed and self._queued_rows < self.max_batch_size:
+                    remaining = head.enqueued + self.max_delay - self._clock.now()  # type: ignore[union-attr]
+                    if remaining <= 0:
+                        break
+                    await self._wait(remaining)
+                    head = self._head()
+                    if head is None:
+                        break
+                batch = self._take()
+                if batch:
+                    await self._run_batch(batch)
+        except Exception:  # a bug here would hang every request: fail them loudly instead
+            log.exception("batcher loop crashed")
+            self._closed = True
+            for item in self._queue:
+                if item.state == _QUEUED and not item.future.done():
+                    item.future.set_exception(ShuttingDown("batcher failed"))
+            raise
+
+    def _take(self) -> list[_Item]:
+        """Pop the FIFO head and as many following requests as fit in max_batch_size rows."""
+        batch: list[_Item] = []
+        rows = 0
+        queue = self._queue
+        now = self._clock.now()  # type: ignore[union-attr]
+        observer = self._observer
+        while queue:
+            item = queue[0]
+            if item.state != _QUEUED:
+                queue.popleft()
+                continue
+            if batch and rows + item.rows > self.max_batch_size:
+                break
+            queue.popleft()
+            item.state = _RUNNING
+            rows += item.rows
+            batch.append(item)
+            if observer is not None:
+                observer.on_dispatch(now - item.enqueued)
+        self._queued_rows -= rows
+        return batch
+
+    async def _run_batch(self, batch: list[_Item]) -> None:
+        rows = sum(item.rows for item in batch)
+        self._running_rows = rows
+        assert self._loop is not None
+        try:
+            outcomes, compute_s = await self._loop.run_in_executor(
+                self._executor, self._compute, [item.payload for item in batch]
+            )
+        except Exception as e:  # the executor itself failed (e.g. shut down)
+            outcomes, compute_s = [(False, e)] * len(batch), 0.0
+        self._running_rows = 0
+        if self._observer is not None:
+            self._observer.on_batch(rows, compute_s)
+        for item, (ok, value) in zip(batch, outcomes):
+            if item.timer is not None:
+                item.timer.cancel()
+            item.state = _DONE
+            if item.future.done():  # timed out while running: the result is dropped
+                continue
+            if ok:
+                item.future.set_result(value)
+            else:
+                item.future.set_exception(_as_server_error(value))
+
+    def _compute(self, payloads: list[Any]) -> tuple[list[tuple[bool, Any]], float]:
+        """On the worker thread: the batched call, or on failure each payload alone."""
+        start = time.perf_counter()
+        try:
+            results = self._predict(payloads)
+            if len(results) != len(payloads):
+                raise RuntimeError(f"predict returned {len(results)} results for {len(payloads)} requests")
+            outcomes = [(True, r) for r in results]
+        except Exception as e:
+            if len(payloads) == 1:
+                outcomes = [(False, e)]
+            else:
+                # Isolate the offender: only the request that fails on its own gets an error.
+                outcomes = []
+                for payload in payloads:
+                    try:
+                        outcomes.append((True, self._predict([payload])[0]))
+                    except Exception as single:
+                        outcomes.append((False, single))
+        return outcomes, time.perf_counter() - start
+
+
+def _as_server_error(e: BaseException) -> ServerError:
+    if isinstance(e, ServerError):
+        return e
+    return InferenceFailed(f"model failed on this request: {type(e).__name__}: {e}")

@@ -1,0 +1,101 @@
+"""Server settings: one frozen object, built from the environment (and CLI flags)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping
+
+PREFIX = "MODELSHIP_"
+FORMATS = ("auto", "torchscript", "torch-export")
+PRECISIONS = ("fp32", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value."""
+
+
+def default_torch_threads() -> int:
+    """Leave one core to the event loop (JSON, HTTP); torch gets the rest, capped at 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores - 1, 8))
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_uri: str = ""
+    model_name: str = ""  # default: the signature's name, else "model"
+    model_version: str = "1"
+    model_format: str = "auto"
+    signature: str = ""  # path to a signature JSON; default: signature.json next to the model
+    model_dir: str = "/tmp/modelship-model"  # download target for http(s):// and s3:// URIs
+    max_batch_size: int = 32  # rows per forward pass
+    max_delay_ms: float = 5.0  # the oldest queued request waits at most this long for batch-mates
+    max_queue: int = 256  # queued rows before shedding with 503
+    timeout_ms: float = 30000.0  # per request, queue + compute
+    max_batch_rows: int = 1024  # most rows a single request may carry
+    precision: str = "fp32"
+    device: str = "auto"
+    torch_threads: int = 0  # 0: default_torch_threads()
+    host: str = "0.0.0.0"
+    port: int = 8080
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.model_format in FORMATS, f"model_format must be one of {FORMATS}"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
+            (self.device in DEVICES, f"device must be one of {DEVICES}"),
+            (self.max_batch_size >= 1, "max_batch_size must be >= 1"),
+            (self.max_delay_ms >= 0, "max_delay_ms must be >= 0"),
+            (self.max_queue >= 1, "max_queue must be >= 1"),
+            (self.timeout_ms > 0, "timeout_ms must be > 0"),
+            (self.max_batch_rows >= 1, "max_batch_rows must be >= 1"),
+            (self.torch_threads >= 0, "torch_threads must be >= 0"),
+            (0 <= self.port <= 65535, "port must be in 0..65535"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SettingsError(message)
+
+    @property
+    def threads(self) -> int:
+        return self.torch_threads or default_torch_threads()
+
+    @classmethod
+    def env_names(cls) -> dict[str, str]:
+        """Field name -> environment variable name."""
+        return {f.name: PREFIX + f.name.upper() for f in fields(cls)}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        return cls().override(
+            {name: env[var] for name, var in cls.env_names().items() if env.get(var, "") != ""}
+        )
+
+    def override(self, values: Mapping[str, Any]) -> Settings:
+        """A copy with `values` (strings are converted to each field's type)."""
+        types = {f.name: f.type for f in fields(self)}
+        converted: dict[str, Any] = {}
+        for name, value in values.items():
+            if name not in types:
+                raise SettingsError(f"unknown setting {name!r}")
+            if value is None:
+                continue
+            converted[name] = _convert(name, types[name], value)
+        return replace(self, **converted)
+
+
+def _convert(name: str, typ: Any, value: Any) -> Any:
+    typ = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    try:
+        if typ == "int":
+            return int(value)
+        if typ == "float":
+            return float(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name}: expected a number, got {value!r}") from None
+    return str(value)
