@@ -1,0 +1,478 @@
+"""Server benchmark: the bare model vs a naive FastAPI server vs modelship, in one run.
+
+    python benchmarks/bench_server.py --model-dir examples/model [--duration 10] [--connections 64]
+        [--device cuda] [--precision fp16] [--json results.json]
+
+Prints one table:
+  (a) the bare model in-process (torch.set_num_threads(1)) at batch 1 / 8 / 32,
+  (b) benchmarks/naive_server.py and (c) modelship, each driven by `wrk` with
+      --connections concurrent connections, once with one-row requests (/predict) and
+      once with 32-row requests (/predict/batch),
+with rows/s, p50 / p99 latency, modelship's mean batch size (from /metrics deltas of its
+batch-size histogram) and every rows/s as a ratio to the bare model at batch 32; then the
+targets as PASS / FAIL. Also how busy the machine was with other work while it measured.
+
+Needs `wrk` (Debian/Ubuntu: `sudo apt-get install -y wrk`; macOS: `brew install wrk`).
+Servers run as subprocesses on 127.0.0.1 on free ports and are always stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+NAIVE_SERVER = ROOT / "benchmarks" / "naive_server.py"
+BATCH_ROWS = 32
+# Targets from the issue (2-core CPU machine).
+TARGET_ONE_ROW_VS_NAIVE = 5.0
+TARGET_ONE_ROW_P99_MS = 40.0
+TARGET_BATCH_VS_BARE = 0.7
+BATCH_METRIC = "modelship_batch_size"  # histogram of rows per executed batch
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class Row:
+    system: str  # "bare" | "naive" | "modelship"
+    load: str  # "batch 8" | "1-row" | "32-row"
+    rows_per_s: float
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    mean_batch: float | None = None
+    requests: int = 0
+    failed: int = 0  # non-2xx responses and socket errors
+    server_cpu_cores: float | None = None  # CPU time of the server's process tree / wall time
+    other_cpu_cores: float | None = None  # CPU used by everything else on the machine
+    vs_bare32: float | None = None
+
+
+@dataclass
+class Results:
+    host: dict
+    settings: dict
+    rows: list[Row] = field(default_factory=list)
+    checks: list[dict] = field(default_factory=list)
+
+    def find(self, system: str, load: str) -> Row | None:
+        return next((r for r in self.rows if r.system == system and r.load == load), None)
+
+
+# ---------------------------------------------------------------- bare model
+
+
+def bare_throughput(
+    model_path: Path, x: np.ndarray, batch: int, device: str, precision: str, seconds: float
+) -> float:
+    """Rows/s of the model alone, inputs from host memory and logits back to host memory."""
+    import torch
+
+    torch.set_num_threads(1)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    model = torch.jit.load(str(model_path), map_location=device).eval().to(dtype)
+    xb = torch.from_numpy(np.ascontiguousarray(x[:batch]))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def once() -> None:
+        model(xb.to(device=device, dtype=dtype)).float().cpu()
+
+    with torch.inference_mode():
+        for _ in range(20):  # let the profiling executor settle
+            once()
+        sync()
+        n, start = 0, time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            for _ in range(10):
+                once()
+            n += 10
+        sync()
+        elapsed = time.perf_counter() - start
+    return n * batch / elapsed
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode} before it was ready")
+        try:
+            if http_get(url, timeout=1.0)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server not ready at {url} within {timeout:.0f}s")
+
+
+@contextmanager
+def server(cmd: list[str], ready_url: str, log: Path, env: dict | None = None) -> Iterator[int]:
+    """Run a server subprocess; always SIGTERM it (then SIGKILL) on the way out."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+        try:
+            try:
+                wait_ready(ready_url, proc, timeout=120)
+            except RuntimeError as e:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{e}\n--- {' '.join(cmd)}\n{tail}") from None
+            yield proc.pid
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """user+system CPU seconds of a process and its descendants (threads included)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+        todo.extend(children.get(p, []))
+    return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle, from /proc/stat."""
+    parts = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)  # idle + iowait
+    return (sum(parts[:8]) - idle) / CLK_TCK
+
+
+# ---------------------------------------------------------------- wrk
+
+LUA_TEMPLATE = """
+-- generated by bench_server.py: POST a rotating set of real held-out bodies
+local bodies = {
+%(bodies)s
+}
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = (i %% #bodies) + 1
+  return wrk.format("POST", "%(path)s", nil, bodies[i])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %%d, "duration_us": %%d, "status": %%d, "connect": %%d, "read": %%d, ' ..
+    '"write": %%d, "timeout": %%d, "p50_us": %%d, "p99_us": %%d, "mean_us": %%f, "max_us": %%d}\\n',
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency.mean, latency.max))
+end
+"""
+
+
+def write_lua(path: Path, url_path: str, bodies: list[str]) -> None:
+    quoted = ",\n".join(f"[==[{b}]==]" for b in bodies)
+    path.write_text(LUA_TEMPLATE % {"bodies": quoted, "path": url_path})
+
+
+def request_bodies(x: np.ndarray, rows: int, count: int = 64) -> list[str]:
+    """`count` distinct JSON bodies of `rows` held-out rows each, in the tutorial formats."""
+    out = []
+    for k in range(count):
+        idx = [(k * rows + j) % len(x) for j in range(rows)]
+        if rows == 1:
+            out.append(json.dumps({"features": x[idx[0]].tolist()}))
+        else:
+            out.append(json.dumps({"batch_features": x[idx].tolist()}))
+    return out
+
+
+def run_wrk(url: str, lua: Path, duration: float, connections: int, threads: int) -> dict:
+    cmd = [
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
+        "--latency", "--timeout", "30s", "-s", str(lua), url,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    for line in proc.stdout.splitlines():
+        if line.startswith("WRKJSON "):
+            return json.loads(line[len("WRKJSON ") :])
+    raise RuntimeError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def histogram_sum_count(metrics_text: str, name: str) -> tuple[float, float]:
+    """Sum and count of a histogram over all its label sets."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = count = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != name:
+            continue
+        for s in family.samples:
+            if s.name == name + "_sum":
+                total += s.value
+            elif s.name == name + "_count":
+                count += s.value
+    return total, count
+
+
+# ---------------------------------------------------------------- measuring a server
+
+
+def measure_server(
+    system: str,
+    base_url: str,
+    pid: int,
+    bodies: dict[str, list[str]],
+    args: argparse.Namespace,
+    workdir: Path,
+    metrics_url: str | None,
+) -> list[Row]:
+    rows = []
+    for load, (url_path, nrows) in {"1-row": ("/predict", 1), "32-row": ("/predict/batch", BATCH_ROWS)}.items():
+        lua = workdir / f"{system}-{nrows}.lua"
+        write_lua(lua, url_path, bodies[load])
+        if args.warmup > 0:
+            run_wrk(base_url, lua, args.warmup, args.connections, args.wrk_threads)
+        before = histogram_sum_count(http_get(metrics_url)[1], args.batch_metric) if metrics_url else None
+        cpu0, busy0, t0 = tree_cpu_seconds(pid), machine_busy_seconds(), time.monotonic()
+        res = run_wrk(base_url, lua, args.duration, args.connections, args.wrk_threads)
+        wall = time.monotonic() - t0
+        server_cores = (tree_cpu_seconds(pid) - cpu0) / wall
+        machine_cores = (machine_busy_seconds() - busy0) / wall
+        mean_batch = None
+        if before is not None:
+            after = histogram_sum_count(http_get(metrics_url)[1], args.batch_metric)
+            batches = after[1] - before[1]
+            mean_batch = (after[0] - before[0]) / batches if batches else None
+        failed = res["status"] + res["connect"] + res["read"] + res["write"] + res["timeout"]
+        ok = res["requests"] - res["status"]
+        rows.append(
+            Row(
+                system=system,
+                load=load,
+                rows_per_s=ok * nrows / (res["duration_us"] / 1e6),
+                p50_ms=res["p50_us"] / 1e3,
+                p99_ms=res["p99_us"] / 1e3,
+                mean_batch=mean_batch,
+                requests=res["requests"],
+                failed=failed,
+                server_cpu_cores=server_cores,
+                # wrk's own CPU is counted as "other" too: it is a client, not the server.
+                other_cpu_cores=max(0.0, machine_cores - server_cores),
+            )
+        )
+        print(f"  {system:<10} {load:<7} {rows[-1].rows_per_s:>12,.0f} rows/s  "
+              f"p99 {rows[-1].p99_ms:.1f} ms  failed {failed}", flush=True)  # fmt: skip
+    return rows
+
+
+def modelship_cmd(args: argparse.Namespace, model_file: Path, port: int) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "modelship_server",
+        "--model-uri", model_file.resolve().as_uri(),
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    if args.device != "cpu":
+        cmd += ["--device", args.device]
+    if args.precision != "fp32":
+        cmd += ["--precision", args.precision]
+    return cmd + list(args.modelship_arg)
+
+
+# ---------------------------------------------------------------- report
+
+
+def add_ratios_and_checks(res: Results) -> None:
+    bare32 = res.find("bare", f"batch {BATCH_ROWS}")
+    for r in res.rows:
+        r.vs_bare32 = r.rows_per_s / bare32.rows_per_s if bare32 else None
+    ms1, nv1, ms32 = res.find("modelship", "1-row"), res.find("naive", "1-row"), res.find("modelship", "32-row")
+    if ms1 and nv1:
+        ratio = ms1.rows_per_s / nv1.rows_per_s
+        res.checks.append({
+            "target": f"modelship 1-row >= {TARGET_ONE_ROW_VS_NAIVE:g}x naive 1-row rows/s",
+            "measured": f"{ratio:.2f}x", "pass": ratio >= TARGET_ONE_ROW_VS_NAIVE,
+        })  # fmt: skip
+    if ms1:
+        res.checks.append({
+            "target": f"modelship 1-row p99 <= {TARGET_ONE_ROW_P99_MS:g} ms",
+            "measured": f"{ms1.p99_ms:.1f} ms", "pass": ms1.p99_ms <= TARGET_ONE_ROW_P99_MS,
+        })  # fmt: skip
+    if ms32 and bare32:
+        ratio = ms32.rows_per_s / bare32.rows_per_s
+        res.checks.append({
+            "target": f"modelship 32-row >= {TARGET_BATCH_VS_BARE:g}x bare batch-{BATCH_ROWS} rows/s",
+            "measured": f"{ratio:.3f}x", "pass": ratio >= TARGET_BATCH_VS_BARE,
+        })  # fmt: skip
+    for r in res.rows:
+        if r.failed:
+            res.checks.append({
+                "target": f"{r.system} {r.load}: every request answered 2xx",
+                "measured": f"{r.failed} of {r.requests} failed", "pass": False,
+            })  # fmt: skip
+
+
+def fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(res: Results) -> None:
+    s = res.settings
+    print()
+    print(f"model {s['model']}  device {s['device']}  precision {s['precision']}  "
+          f"{s['connections']} connections  {s['duration']}s per run  "
+          f"{res.host['cpus']} CPUs  torch {res.host['torch']}")  # fmt: skip
+    head = f"{'system':<10} {'load':<8} {'rows/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>10} " \
+           f"{'x bare32':>9} {'srv cores':>9} {'other cores':>11} {'failed':>7}"  # fmt: skip
+    print(head)
+    print("-" * len(head))
+    for r in res.rows:
+        print(f"{r.system:<10} {r.load:<8} {r.rows_per_s:>12,.0f} {fmt(r.p50_ms, '.2f'):>8} "
+              f"{fmt(r.p99_ms, '.2f'):>8} {fmt(r.mean_batch, '.1f'):>10} {fmt(r.vs_bare32, '.3f'):>9} "
+              f"{fmt(r.server_cpu_cores, '.2f'):>9} {fmt(r.other_cpu_cores, '.2f'):>11} {r.failed:>7}")  # fmt: skip
+    print()
+    for c in res.checks:
+        print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {c['measured']}")
+    busy = [r.other_cpu_cores for r in res.rows if r.other_cpu_cores is not None]
+    if busy:
+        print(f"\nnoise: other processes (wrk included) used {min(busy):.2f}..{max(busy):.2f} of "
+              f"{res.host['cpus']} cores during the server runs; load average before "
+              f"{res.host['loadavg_before']}, after {res.host['loadavg_after']}")  # fmt: skip
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="bare model vs naive server vs modelship")
+    p.add_argument("--model-dir", type=Path, required=True, help="output of examples/build_model.py")
+    p.add_argument("--model-file", default="model.pt", help="file in --model-dir that the servers load")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measured wrk run")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load before each run")
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (1 leaves the cores to the server)")
+    p.add_argument("--bare-seconds", type=float, default=2.0, help="seconds per bare-model batch size")
+    p.add_argument("--bare-batches", default="1,8,32", help="comma-separated batch sizes")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--skip", action="append", default=[], choices=["bare", "naive", "modelship"],
+                   help="leave a system out (repeatable)")  # fmt: skip
+    p.add_argument("--modelship-arg", action="append", default=[],
+                   help="extra argument for the modelship server (repeatable), e.g. --modelship-arg=--max-batch-size=64")  # fmt: skip
+    p.add_argument("--batch-metric", default=BATCH_METRIC, help="modelship's batch-size histogram")
+    p.add_argument("--keep-logs", type=Path, help="copy server logs and wrk scripts here")
+    p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if "naive" not in args.skip or "modelship" not in args.skip:
+        if shutil.which("wrk") is None:
+            print("error: `wrk` is not installed. Install it with `sudo apt-get install -y wrk` "
+                  "(Debian/Ubuntu) or `brew install wrk` (macOS), or run with "
+                  "--skip naive --skip modelship for the bare model only.", file=sys.stderr)  # fmt: skip
+            return 2
+    model_file = args.model_dir / args.model_file
+    heldout = np.load(args.model_dir / "heldout.npz")
+    x = heldout["X"].astype(np.float32)
+    import torch
+
+    res = Results(
+        host={
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
+        },
+        settings={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        | {"model": str(model_file)},
+    )
+    if "bare" not in args.skip:
+        for b in (int(v) for v in args.bare_batches.split(",")):
+            rps = bare_throughput(model_file, x, b, args.device, args.precision, args.bare_seconds)
+            res.rows.append(Row(system="bare", load=f"batch {b}", rows_per_s=rps))
+            print(f"  bare       batch {b:<3} {rps:>10,.0f} rows/s", flush=True)
+
+    bodies = {"1-row": request_bodies(x, 1), "32-row": request_bodies(x, BATCH_ROWS)}
+    with tempfile.TemporaryDirectory(prefix="modelship-bench-") as tmp:
+        work = Path(tmp)
+        try:
+            if "naive" not in args.skip:
+                port = free_port()
+                cmd = [sys.executable, str(NAIVE_SERVER), "--model", str(model_file),
+                       "--port", str(port), "--device", args.device]  # fmt: skip
+                with server(cmd, f"http://127.0.0.1:{port}/health", work / "naive.log") as pid:
+                    res.rows += measure_server("naive", f"http://127.0.0.1:{port}", pid, bodies, args, work, None)
+            if "modelship" not in args.skip:
+                port = free_port()
+                base = f"http://127.0.0.1:{port}"
+                cmd = modelship_cmd(args, model_file, port)
+                with server(cmd, base + "/v2/health/ready", work / "modelship.log") as pid:
+                    res.rows += measure_server("modelship", base, pid, bodies, args, work, base + "/metrics")
+        finally:
+            if args.keep_logs:
+                shutil.copytree(work, args.keep_logs, dirs_exist_ok=True)
+
+    res.host["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
+    add_ratios_and_checks(res)
+    print_table(res)
+    if args.json:
+        args.json.write_text(json.dumps({**asdict(res)}, indent=2) + "\n")
+        print(f"\nresults written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
