@@ -1,0 +1,774 @@
+"""An in-memory Kubernetes object store, and `KubeDouble`: the `kube.Kube` interface over it.
+
+`ObjectStore` models the API server semantics the operator relies on, once, for both doubles
+(this in-memory one and the HTTP one in apiserver_double.py): uid / resourceVersion /
+creationTimestamp, metadata.generation bumped only on non-metadata, non-status changes, the
+status and scale subresources, server-side apply per field manager (a manager's fields that
+it no longer applies are removed; lists are atomic), JSON merge patch (RFC 7386), JSON patch
+(RFC 6902, incl. `test`), label selectors, finalizers and deletionTimestamp, and garbage
+collection of dependents by ownerReference. No-op writes change nothing (no new
+resourceVersion, no watch event), as on a real API server.
+
+Simplifications (deliberate): apply never reports conflicts between managers; managedFields
+lists managers but not their field sets; deletion is immediate (no grace periods).
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from modelship_operator.kube import PermanentError, error_from_response
+
+Obj = dict[str, Any]
+
+
+class ApiError(Exception):
+    """An API-server-style failure, carrying the HTTP status and a Status reason."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+    def body(self) -> Obj:
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": self.message, "reason": self.reason, "code": self.status}
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+    subresources: frozenset[str] = frozenset()
+    short_names: tuple[str, ...] = ()
+    # for the scale subresource: where replicas live (CRDs declare these)
+    spec_replicas_path: str = ".spec.replicas"
+    status_replicas_path: str = ".status.replicas"
+    label_selector_path: str | None = ".status.selector"
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.group, self.plural
+
+    def discovery(self) -> list[Obj]:
+        verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+        main = {"name": self.plural, "singularName": self.kind.lower(), "namespaced": self.namespaced,
+                "kind": self.kind, "verbs": verbs}
+        if self.short_names:
+            main["shortNames"] = list(self.short_names)
+        subs = [{"name": f"{self.plural}/{sub}", "singularName": "", "namespaced": self.namespaced,
+                 "kind": "Scale" if sub == "scale" else self.kind, "verbs": ["get", "patch", "update"]}
+                for sub in sorted(self.subresources)]
+        return [main, *subs]
+
+
+BUILTINS = (
+    ResourceType("", "v1", "namespaces", "Namespace", namespaced=False, subresources=frozenset({"status"})),
+    ResourceType("", "v1", "events", "Event", short_names=("ev",)),
+    ResourceType("", "v1", "services", "Service", subresources=frozenset({"status"}), short_names=("svc",)),
+    ResourceType("", "v1", "pods", "Pod", subresources=frozenset({"status"}), short_names=("po",)),
+    ResourceType("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
+    ResourceType("apps", "v1", "deployments", "Deployment",
+                 subresources=frozenset({"status", "scale"}), short_names=("deploy",)),
+    ResourceType("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler",
+                 subresources=frozenset({"status"}), short_names=("hpa",)),
+    ResourceType("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget",
+                 subresources=frozenset({"status"}), short_names=("pdb",)),
+    ResourceType("events.k8s.io", "v1", "events", "Event", short_names=("ev",)),
+    ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
+                 namespaced=False, subresources=frozenset({"status"}), short_names=("crd",)),
+)
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (returns a new value)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _pointer(path: str) -> list[str]:
+    if path == "":
+        return []
+    if not path.startswith("/"):
+        raise ApiError(422, "Invalid", f"bad JSON pointer {path!r}")
+    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+
+
+def json_patch(doc: Obj, ops: Iterable[Mapping[str, Any]]) -> Obj:
+    """RFC 6902 JSON patch: add, remove, replace, test (what kopf and kubectl use)."""
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        *parents, last = _pointer(op["path"]) or [""]
+        node: Any = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                raise ApiError(422, "Invalid", f"path {op['path']!r} does not exist")
+        kind = op["op"]
+        if kind == "test":
+            actual = (node[int(last)] if isinstance(node, list) else node.get(last)) if node is not None else None
+            if actual != op.get("value"):
+                raise ApiError(422, "Invalid", f"test failed at {op['path']}: {actual!r} != {op.get('value')!r}")
+        elif kind in ("add", "replace"):
+            if isinstance(node, list):
+                if last == "-":
+                    node.append(copy.deepcopy(op["value"]))
+                elif kind == "add":
+                    node.insert(int(last), copy.deepcopy(op["value"]))
+                else:
+                    node[int(last)] = copy.deepcopy(op["value"])
+            else:
+                if kind == "replace" and last not in node:
+                    raise ApiError(422, "Invalid", f"replace of missing path {op['path']!r}")
+                node[last] = copy.deepcopy(op["value"])
+        elif kind == "remove":
+            try:
+                del node[int(last) if isinstance(node, list) else last]
+            except (KeyError, IndexError) as exc:
+                raise ApiError(422, "Invalid", f"remove of missing path {op['path']!r}") from exc
+        else:
+            raise ApiError(422, "Invalid", f"unsupported JSON patch op {kind!r}")
+    return doc
+
+
+_REQ = re.compile(r"^\s*([A-Za-z0-9./_-]+)\s*(in|notin)\s*\(([^)]*)\)\s*$")
+
+
+def _split_selector(selector: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in selector:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        parts.append(cur)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def selector_matches(selector: str | None, labels: Mapping[str, str] | None) -> bool:
+    """Kubernetes label selector syntax: k=v, k==v, k!=v, k, !k, k in (a,b), k notin (a,b)."""
+    labels = labels or {}
+    for req in _split_selector(selector or ""):
+        if m := _REQ.match(req):
+            key, op, values = m.group(1), m.group(2), {v.strip() for v in m.group(3).split(",")}
+            present = key in labels and labels[key] in values
+            if present != (op == "in"):
+                return False
+        elif "!=" in req:
+            key, value = (s.strip() for s in req.split("!=", 1))
+            if labels.get(key) == value:
+                return False
+        elif "=" in req:
+            key, value = (s.strip() for s in req.replace("==", "=").split("=", 1))
+            if labels.get(key) != value:
+                return False
+        elif req.startswith("!"):
+            if req[1:].strip() in labels:
+                return False
+        elif req not in labels:
+            return False
+    return True
+
+
+def field_selector_matches(selector: str | None, obj: Obj) -> bool:
+    for req in _split_selector(selector or ""):
+        negate = "!=" in req
+        key, value = (s.strip() for s in req.replace("!=", "=").replace("==", "=").split("=", 1))
+        node: Any = obj
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if (str(node) == value) == negate:
+            return False
+    return True
+
+
+def _leaf_paths(obj: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Field paths of an applied config; lists are atomic (one leaf)."""
+    if isinstance(obj, dict) and obj:
+        return set().union(*(_leaf_paths(v, prefix + (k,)) for k, v in obj.items()))
+    return {prefix}
+
+
+def _remove_path(obj: Obj, path: tuple[str, ...]) -> None:
+    node: Any = obj
+    for part in path[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return
+    if isinstance(node, dict):
+        node.pop(path[-1], None)
+
+
+def _deep_merge(base: Any, top: Any) -> Any:
+    if isinstance(base, dict) and isinstance(top, dict):
+        out = dict(base)
+        for k, v in top.items():
+            out[k] = _deep_merge(base.get(k), v)
+        return out
+    return copy.deepcopy(top)
+
+
+def _dig(obj: Obj, dotted: str) -> Any:
+    node: Any = obj
+    for part in dotted.strip(".").split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _bury(obj: Obj, dotted: str, value: Any) -> None:
+    *parents, last = dotted.strip(".").split(".")
+    node = obj
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def _spec_part(obj: Obj) -> Obj:
+    """What a generation bump looks at: everything but metadata and status."""
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
+
+
+# --------------------------------------------------------------------------- the store
+
+
+@dataclass
+class WatchEvent:
+    type: str  # ADDED | MODIFIED | DELETED
+    rtype: ResourceType
+    obj: Obj
+    rv: int
+
+
+@dataclass
+class ObjectStore:
+    types: dict[tuple[str, str], ResourceType] = field(default_factory=dict)
+    objects: dict[tuple[str, str], dict[tuple[str, str], Obj]] = field(default_factory=dict)
+    applied: dict[tuple, dict[str, Obj]] = field(default_factory=dict)  # per object, per manager
+    history: deque[WatchEvent] = field(default_factory=lambda: deque(maxlen=20000))
+    listeners: list[Callable[[WatchEvent], None]] = field(default_factory=list)
+    _rv: itertools.count = field(default_factory=lambda: itertools.count(1))
+    rv: int = 0
+
+    def __post_init__(self) -> None:
+        for rtype in BUILTINS:
+            self.register(rtype)
+        for ns in ("default", "kube-system"):
+            self.create(self.type_for("v1", "Namespace"), None, {"metadata": {"name": ns}})
+
+    # ---- resource types
+
+    def register(self, rtype: ResourceType) -> None:
+        self.types[rtype.key] = rtype
+        self.objects.setdefault(rtype.key, {})
+
+    def type_for(self, api_version: str, kind: str) -> ResourceType:
+        for rtype in self.types.values():
+            if rtype.api_version == api_version and rtype.kind == kind:
+                return rtype
+        raise ApiError(404, "NotFound", f"the server could not find the requested resource ({kind} {api_version})")
+
+    def type_for_path(self, group: str, version: str, plural: str) -> ResourceType:
+        rtype = self.types.get((group, plural))
+        if rtype is None or rtype.version != version:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({plural})")
+        return rtype
+
+    def group_versions(self) -> dict[str, list[ResourceType]]:
+        out: dict[str, list[ResourceType]] = {}
+        for rtype in self.types.values():
+            out.setdefault(rtype.api_version, []).append(rtype)
+        return out
+
+    def _register_crd(self, crd: Obj) -> None:
+        spec = crd.get("spec", {})
+        names = spec.get("names", {})
+        for version in spec.get("versions", []):
+            if not version.get("served", True):
+                continue
+            subs = version.get("subresources") or {}
+            scale = subs.get("scale") or {}
+            self.register(ResourceType(
+                group=spec["group"], version=version["name"], plural=names["plural"], kind=names["kind"],
+                namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+                subresources=frozenset(k for k in ("status", "scale") if k in subs),
+                short_names=tuple(names.get("shortNames", [])),
+                spec_replicas_path=scale.get("specReplicasPath", ".spec.replicas"),
+                status_replicas_path=scale.get("statusReplicasPath", ".status.replicas"),
+                label_selector_path=scale.get("labelSelectorPath"),
+            ))
+            break  # one served version per resource in this double
+
+    # ---- notifications
+
+    def _emit(self, type_: str, rtype: ResourceType, obj: Obj) -> None:
+        event = WatchEvent(type_, rtype, copy.deepcopy(obj), int(obj["metadata"]["resourceVersion"]))
+        self.history.append(event)
+        for listener in list(self.listeners):
+            listener(event)
+
+    def _next_rv(self) -> str:
+        self.rv = next(self._rv)
+        return str(self.rv)
+
+    # ---- reads
+
+    def _bucket(self, rtype: ResourceType) -> dict[tuple[str, str], Obj]:
+        return self.objects.setdefault(rtype.key, {})
+
+    def _nskey(self, rtype: ResourceType, namespace: str | None, name: str) -> tuple[str, str]:
+        return (namespace or "") if rtype.namespaced else "", name
+
+    def get(self, rtype: ResourceType, namespace: str | None, name: str) -> Obj:
+        obj = self._bucket(rtype).get(self._nskey(rtype, namespace, name))
+        if obj is None:
+            raise ApiError(404, "NotFound", f'{rtype.plural}.{rtype.group or "core"} "{name}" not found')
+        return copy.deepcopy(obj)
+
+    def find(self, rtype: ResourceType, namespace: str | None, name: str) -> Obj | None:
+        try:
+            return self.get(rtype, namespace, name)
+        except ApiError:
+            return None
+
+    def list(self, rtype: ResourceType, namespace: str | None = None,
+             label_selector: str | None = None, field_selector: str | None = None) -> list[Obj]:
+        return [copy.deepcopy(o) for (ns, _), o in sorted(self._bucket(rtype).items())
+                if (not namespace or not rtype.namespaced or ns == namespace)
+                and selector_matches(label_selector, o["metadata"].get("labels"))
+                and field_selector_matches(field_selector, o)]
+
+    def all_objects(self) -> Iterable[tuple[ResourceType, Obj]]:
+        for key, bucket in self.objects.items():
+            for obj in bucket.values():
+                yield self.types[key], obj
+
+    # ---- writes
+
+    def create(self, rtype: ResourceType, namespace: str | None, body: Obj,
+               manager: str | None = None) -> Obj:
+        obj = copy.deepcopy(body)
+        meta = obj.setdefault("metadata", {})
+        if rtype.namespaced:
+            namespace = namespace or meta.get("namespace")
+            if not namespace:
+                raise ApiError(400, "BadRequest", "a namespace is required")
+            if meta.get("namespace") not in (None, namespace):
+                raise ApiError(400, "BadRequest", "the namespace of the object does not match the request")
+            if rtype.kind != "Namespace" and self.find(self.type_for("v1", "Namespace"), None, namespace) is None:
+                raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found')
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
+        if not meta.get("name"):
+            if not meta.get("generateName"):
+                raise ApiError(422, "Invalid", "metadata.name or metadata.generateName is required")
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        key = self._nskey(rtype, namespace, meta["name"])
+        if key in self._bucket(rtype):
+            raise ApiError(409, "AlreadyExists", f'{rtype.plural} "{meta["name"]}" already exists')
+        obj["apiVersion"], obj["kind"] = rtype.api_version, rtype.kind
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_iso(), generation=1)
+        meta.pop("deletionTimestamp", None)
+        if manager:
+            meta["managedFields"] = [{"manager": manager, "operation": "Update",
+                                      "apiVersion": rtype.api_version, "time": now_iso()}]
+        if "status" in rtype.subresources and rtype.kind != "Namespace":
+            obj.pop("status", None)  # status is written through /status only
+        if rtype.kind == "CustomResourceDefinition":
+            obj["status"] = {"acceptedNames": obj["spec"]["names"], "conditions": [
+                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted"}]}
+            self._register_crd(obj)
+        if rtype.kind == "Namespace":
+            obj["status"] = {"phase": "Active"}
+        meta["resourceVersion"] = self._next_rv()
+        self._bucket(rtype)[key] = obj
+        self._emit("ADDED", rtype, obj)
+        return copy.deepcopy(obj)
+
+    def _commit(self, rtype: ResourceType, old: Obj, new: Obj, *, subresource: str | None) -> Obj:
+        """Store `new` in place of `old` with API-server bookkeeping; no-ops write nothing."""
+        new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
+        meta, old_meta = new.setdefault("metadata", {}), old["metadata"]
+        for frozen in ("uid", "creationTimestamp", "name", "namespace", "deletionTimestamp",
+                       "generation", "resourceVersion", "managedFields"):
+            if frozen in old_meta:
+                meta[frozen] = old_meta[frozen]
+            else:
+                meta.pop(frozen, None)
+        if "status" in rtype.subresources:
+            if subresource == "status":  # only status (and metadata) may change through /status
+                new = {**copy.deepcopy(old), "status": new.get("status"), "metadata": meta}
+                if new["status"] is None:
+                    new.pop("status")
+            elif subresource is None:
+                new.pop("status", None)
+                if "status" in old:
+                    new["status"] = copy.deepcopy(old["status"])
+        if new == old:
+            return copy.deepcopy(old)
+        if _spec_part(new) != _spec_part(old):
+            meta["generation"] = int(old_meta.get("generation", 1)) + 1
+        meta["resourceVersion"] = self._next_rv()
+        key = self._nskey(rtype, meta.get("namespace"), meta["name"])
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            del self._bucket(rtype)[key]
+            self._emit("DELETED", rtype, new)
+            self._collect_garbage(meta["uid"])
+            return copy.deepcopy(new)
+        self._bucket(rtype)[key] = new
+        if rtype.kind == "CustomResourceDefinition":
+            self._register_crd(new)
+        self._emit("MODIFIED", rtype, new)
+        return copy.deepcopy(new)
+
+    def _check_rv(self, old: Obj, body: Any) -> None:
+        wanted = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
+        if wanted and wanted != old["metadata"]["resourceVersion"]:
+            raise ApiError(409, "Conflict", "the object has been modified; please apply your changes "
+                                            "to the latest version and try again")
+
+    def patch(self, rtype: ResourceType, namespace: str | None, name: str, patch_type: str,
+              body: Any, *, subresource: str | None = None) -> Obj:
+        old = self.get(rtype, namespace, name)
+        if subresource == "scale":
+            return self._patch_scale(rtype, old, patch_type, body)
+        if patch_type in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+            self._check_rv(old, body)
+            new = merge_patch(old, body)
+        elif patch_type == "application/json-patch+json":
+            new = json_patch(old, body)
+        else:
+            raise ApiError(415, "UnsupportedMediaType", f"unsupported patch type {patch_type!r}")
+        if subresource not in (None, "status"):
+            raise ApiError(404, "NotFound", f"no subresource {subresource!r}")
+        return self._commit(rtype, old, new, subresource=subresource)
+
+    def replace(self, rtype: ResourceType, namespace: str | None, name: str, body: Obj,
+                *, subresource: str | None = None) -> Obj:
+        old = self.get(rtype, namespace, name)
+        if subresource == "scale":
+            return self._patch_scale(rtype, old, "application/merge-patch+json",
+                                     {"spec": {"replicas": body.get("spec", {}).get("replicas")}})
+        self._check_rv(old, body)
+        return self._commit(rtype, old, copy.deepcopy(body), subresource=subresource)
+
+    def scale_of(self, rtype: ResourceType, obj: Obj) -> Obj:
+        meta = obj["metadata"]
+        selector = _dig(obj, rtype.label_selector_path) if rtype.label_selector_path else None
+        if rtype.kind == "Deployment":
+            labels = _dig(obj, ".spec.selector.matchLabels") or {}
+            selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        return {"apiVersion": "autoscaling/v1", "kind": "Scale",
+                "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion",
+                                                   "creationTimestamp") if k in meta},
+                "spec": {"replicas": _dig(obj, rtype.spec_replicas_path) or 0},
+                "status": {"replicas": _dig(obj, rtype.status_replicas_path) or 0,
+                           **({"selector": selector} if selector else {})}}
+
+    def _patch_scale(self, rtype: ResourceType, old: Obj, patch_type: str, body: Any) -> Obj:
+        scale = self.scale_of(rtype, old)
+        new_scale = merge_patch(scale, body) if patch_type != "application/json-patch+json" \
+            else json_patch(scale, body)
+        new = copy.deepcopy(old)
+        _bury(new, rtype.spec_replicas_path, new_scale["spec"]["replicas"])
+        return self.scale_of(rtype, self._commit(rtype, old, new, subresource=None))
+
+    def apply(self, rtype: ResourceType, namespace: str | None, name: str, body: Obj,
+              manager: str, *, subresource: str | None = None) -> Obj:
+        """Server-side apply: the manager's previous fields not applied again are removed."""
+        if not manager:
+            raise ApiError(400, "BadRequest", "fieldManager is required for apply patch")
+        meta = body.get("metadata") or {}
+        if body.get("kind") != rtype.kind or body.get("apiVersion") != rtype.api_version:
+            raise ApiError(400, "BadRequest", f"apply body kind/apiVersion {body.get('kind')} "
+                                              f"{body.get('apiVersion')} does not match {rtype.kind}")
+        if meta.get("name") != name:
+            raise ApiError(400, "BadRequest", "the name of the object does not match the request")
+        okey = (rtype.key, self._nskey(rtype, namespace, name))
+        old = self.find(rtype, namespace, name)
+        if old is None:
+            self.applied.setdefault(okey, {})[manager] = copy.deepcopy(body)
+            created = self.create(rtype, namespace, body)
+            return self._record_manager(rtype, created, manager)
+        previous = self.applied.get(okey, {}).get(manager, {})
+        new = copy.deepcopy(old)
+        for path in _leaf_paths(previous) - _leaf_paths(body):
+            if path[:1] not in (("apiVersion",), ("kind",)) and path[:2] != ("metadata", "name"):
+                _remove_path(new, path)
+        new = _deep_merge(new, body)
+        self.applied.setdefault(okey, {})[manager] = copy.deepcopy(body)
+        result = self._commit(rtype, old, new, subresource=subresource)
+        return self._record_manager(rtype, result, manager)
+
+    def _record_manager(self, rtype: ResourceType, obj: Obj, manager: str) -> Obj:
+        fields = obj["metadata"].get("managedFields") or []
+        if any(f.get("manager") == manager and f.get("operation") == "Apply" for f in fields):
+            return obj
+        stored = self._bucket(rtype)[self._nskey(rtype, obj["metadata"].get("namespace"),
+                                                  obj["metadata"]["name"])]
+        stored["metadata"]["managedFields"] = [*fields, {
+            "manager": manager, "operation": "Apply", "apiVersion": rtype.api_version,
+            "time": now_iso(), "fieldsType": "FieldsV1"}]
+        return copy.deepcopy(stored)
+
+    def delete(self, rtype: ResourceType, namespace: str | None, name: str,
+               propagation: str = "Background") -> Obj:
+        obj = self.get(rtype, namespace, name)
+        meta = obj["metadata"]
+        if meta.get("finalizers"):
+            if not meta.get("deletionTimestamp"):
+                stored = self._bucket(rtype)[self._nskey(rtype, namespace, name)]
+                stored["metadata"]["deletionTimestamp"] = now_iso()
+                stored["metadata"]["deletionGracePeriodSeconds"] = 0
+                stored["metadata"]["resourceVersion"] = self._next_rv()
+                self._emit("MODIFIED", rtype, stored)
+                return copy.deepcopy(stored)
+            return obj
+        del self._bucket(rtype)[self._nskey(rtype, namespace, name)]
+        self.applied.pop((rtype.key, self._nskey(rtype, namespace, name)), None)
+        meta["resourceVersion"] = self._next_rv()
+        self._emit("DELETED", rtype, obj)
+        if rtype.kind == "Namespace":
+            for other, child in list(self.all_objects()):
+                if other.namespaced and child["metadata"].get("namespace") == name:
+                    self._delete_quietly(other, child)
+        if rtype.kind == "CustomResourceDefinition":
+            crd_key = (obj["spec"]["group"], obj["spec"]["names"]["plural"])
+            for child in list(self.objects.get(crd_key, {}).values()):
+                self._delete_quietly(self.types[crd_key], child)
+            self.types.pop(crd_key, None)
+        if propagation != "Orphan":
+            self._collect_garbage(meta["uid"])
+        return obj
+
+    def _delete_quietly(self, rtype: ResourceType, obj: Obj) -> None:
+        try:
+            self.delete(rtype, obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        except ApiError:
+            pass
+
+    def _collect_garbage(self, owner_uid: str) -> None:
+        """The garbage collector: delete everything owned by a uid that is gone."""
+        for rtype, obj in list(self.all_objects()):
+            if any(ref.get("uid") == owner_uid for ref in obj["metadata"].get("ownerReferences") or []):
+                self._delete_quietly(rtype, obj)
+
+    # ---- test helpers (what other controllers would do)
+
+    def set_status(self, rtype: ResourceType, namespace: str | None, name: str, status: Obj) -> Obj:
+        old = self.get(rtype, namespace, name)
+        return self._commit(rtype, old, {**copy.deepcopy(old), "status": copy.deepcopy(status)},
+                            subresource="status")
+
+    def mark_deployment_available(self, namespace: str, name: str, ready: int | None = None) -> Obj:
+        """What the deployment controller reports once all replicas are up to date and ready."""
+        rtype = self.type_for("apps/v1", "Deployment")
+        dep = self.get(rtype, namespace, name)
+        wanted = int(dep.get("spec", {}).get("replicas", 1))
+        ready = wanted if ready is None else ready
+        return self.set_status(rtype, namespace, name, deployment_status(dep, ready))
+
+
+def deployment_status(dep: Obj, ready: int) -> Obj:
+    wanted = int(dep.get("spec", {}).get("replicas", 1))
+    available = ready >= wanted
+    ts = now_iso()
+    return {
+        "observedGeneration": dep["metadata"].get("generation", 1),
+        "replicas": wanted, "updatedReplicas": wanted, "readyReplicas": ready,
+        "availableReplicas": ready, **({"unavailableReplicas": wanted - ready} if not available else {}),
+        "conditions": [
+            {"type": "Available", "status": "True" if available else "False",
+             "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
+             "message": "Deployment has minimum availability." if available
+             else "Deployment does not have minimum availability.",
+             "lastUpdateTime": ts, "lastTransitionTime": ts},
+            {"type": "Progressing", "status": "True",
+             "reason": "NewReplicaSetAvailable" if available else "ReplicaSetUpdated",
+             "message": f'ReplicaSet "{dep["metadata"]["name"]}" has successfully progressed.',
+             "lastUpdateTime": ts, "lastTransitionTime": ts},
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- the kube double
+
+
+@dataclass
+class Write:
+    verb: str  # apply | create | delete | patch_status | patch_metadata | event
+    kind: str
+    namespace: str | None
+    name: str
+    body: Any = None
+
+
+@dataclass
+class KubeDouble:
+    """Same interface as `modelship_operator.kube.Kube`, over an `ObjectStore`.
+
+    Every write is recorded in `writes` (reads are not). `fail_next(verb, status, ...)` makes
+    the next matching call fail as the API server would, mapped by kube.py's own mapping.
+    """
+
+    store: ObjectStore = field(default_factory=ObjectStore)
+    field_manager: str = "modelship-operator"
+    writes: list[Write] = field(default_factory=list)
+    served_resources: set[tuple[str, str, str]] = field(default_factory=set)
+    _failures: list[tuple[str, str | None, int, str]] = field(default_factory=list)
+
+    def fail_next(self, verb: str, status: int, message: str = "injected failure",
+                  kind: str | None = None) -> None:
+        self._failures.append((verb, kind, status, message))
+
+    def _maybe_fail(self, verb: str, kind: str) -> None:
+        for i, (v, k, status, message) in enumerate(self._failures):
+            if v == verb and k in (None, kind):
+                del self._failures[i]
+                reason = {409: "Conflict", 422: "Invalid", 403: "Forbidden", 429: "TooManyRequests"}.get(
+                    status, "InternalError" if status >= 500 else "BadRequest")
+                raise error_from_response(status, json.dumps(
+                    ApiError(status, reason, message).body()).encode(), f"{verb} {kind}")
+
+    def _call(self, fn: Callable[[], Obj], verb: str, kind: str) -> Obj:
+        try:
+            return fn()
+        except ApiError as exc:
+            raise error_from_response(exc.status, json.dumps(exc.body()).encode(), f"{verb} {kind}") from exc
+
+    async def close(self) -> None:
+        return None
+
+    async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Obj | None:
+        self._maybe_fail("get", kind)
+        return self.store.find(self.store.type_for(api_version, kind), namespace, name)
+
+    async def list(self, api_version: str, kind: str, namespace: str | None = None,
+                   label_selector: Mapping[str, str] | str | None = None) -> list[Obj]:
+        self._maybe_fail("list", kind)
+        if isinstance(label_selector, Mapping):
+            label_selector = ",".join(f"{k}={v}" for k, v in sorted(label_selector.items()))
+        try:
+            rtype = self.store.type_for(api_version, kind)
+        except ApiError as exc:
+            raise PermanentError(exc.message, status=404) from exc
+        return self.store.list(rtype, namespace, label_selector)
+
+    async def served(self, group: str, version: str, plural: str) -> bool:
+        self._maybe_fail("served", plural)
+        if (group, version, plural) in self.served_resources:
+            return True
+        rtype = self.store.types.get((group, plural))
+        return rtype is not None and rtype.version == version
+
+    async def apply(self, manifest: Mapping[str, Any], *, force: bool = True) -> Obj:
+        kind, meta = manifest["kind"], manifest["metadata"]
+        self._maybe_fail("apply", kind)
+        rtype = self.store.type_for(manifest["apiVersion"], kind)
+        result = self._call(lambda: self.store.apply(rtype, meta.get("namespace"), meta["name"],
+                                                     copy.deepcopy(dict(manifest)), self.field_manager),
+                            "apply", kind)
+        self.writes.append(Write("apply", kind, meta.get("namespace"), meta["name"], copy.deepcopy(manifest)))
+        return result
+
+    async def create(self, manifest: Mapping[str, Any]) -> Obj:
+        kind = manifest["kind"]
+        self._maybe_fail("create", kind)
+        rtype = self.store.type_for(manifest["apiVersion"], kind)
+        ns = (manifest.get("metadata") or {}).get("namespace")
+        result = self._call(lambda: self.store.create(rtype, ns, copy.deepcopy(dict(manifest)),
+                                                      self.field_manager), "create", kind)
+        self.writes.append(Write("create", kind, ns, result["metadata"]["name"], copy.deepcopy(manifest)))
+        return result
+
+    async def delete(self, api_version: str, kind: str, namespace: str | None, name: str,
+                     *, propagation: str = "Background") -> bool:
+        self._maybe_fail("delete", kind)
+        rtype = self.store.type_for(api_version, kind)
+        if self.store.find(rtype, namespace, name) is None:
+            return False
+        self._call(lambda: self.store.delete(rtype, namespace, name, propagation), "delete", kind)
+        self.writes.append(Write("delete", kind, namespace, name))
+        return True
+
+    async def patch_status(self, api_version: str, kind: str, namespace: str | None, name: str,
+                           status_patch: Mapping[str, Any]) -> Obj:
+        self._maybe_fail("patch_status", kind)
+        rtype = self.store.type_for(api_version, kind)
+        body = {"status": copy.deepcopy(dict(status_patch))}
+        result = self._call(lambda: self.store.patch(rtype, namespace, name, "application/merge-patch+json",
+                                                     body, subresource="status"), "patch_status", kind)
+        self.writes.append(Write("patch_status", kind, namespace, name, body))
+        return result
+
+    async def patch_metadata(self, api_version: str, kind: str, namespace: str | None, name: str, *,
+                             annotations: Mapping[str, str | None] | None = None,
+                             labels: Mapping[str, str | None] | None = None) -> Obj:
+        self._maybe_fail("patch_metadata", kind)
+        rtype = self.store.type_for(api_version, kind)
+        meta: Obj = {}
+        if annotations is not None:
+            meta["annotations"] = dict(annotations)
+        if labels is not None:
+            meta["labels"] = dict(labels)
+        result = self._call(lambda: self.store.patch(rtype, namespace, name, "application/merge-patch+json",
+                                                     {"metadata": meta}), "patch_metadata", kind)
+        self.writes.append(Write("patch_metadata", kind, namespace, name, meta))
+        return result
+
+    async def create_event(self, involved: Mapping[str, Any], type: str, reason: str, message: str,
+                           *, component: str | None = None) -> Obj:
+        self._maybe_fail("event", "Event")
+        meta = involved.get("metadata") or {}
+        event = {"apiVersion": "v1", "kind": "Event",
+                 "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
+                 "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
+                                    "name": meta.get("name"), "namespace": meta.get("namespace"),
+                                    "uid": meta.get("uid")},
+                 "type": type, "reason": reason, "message": message,
+                 "source": {"component": component or self.field_manager}}
+        rtype = self.store.type_for("v1", "Event")
+        result = self._call(lambda: self.store.create(rtype, meta.get("namespace"), event), "event", "Event")
+        self.writes.append(Write("event", "Event", meta.get("namespace"), result["metadata"]["name"], event))
+        return result
+
+    # ---- conveniences for tests
+
+    def events_for(self, name: str) -> list[Obj]:
+        return [e for e in self.store.list(self.store.type_for("v1", "Event"))
+                if e.get("involvedObject", {}).get("name") == name]
+
+    def writes_since(self, mark: int) -> list[Write]:
+        return self.writes[mark:]
