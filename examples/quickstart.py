@@ -1,0 +1,277 @@
+"""Quick start, no cluster needed: serve the example model locally and talk to it.
+
+    python examples/build_model.py --out examples/model
+    python examples/quickstart.py --model-dir examples/model [--port 8080]
+
+Starts the bundled server (`python -m modelship_server`) on the model, waits until it is
+ready, sends real held-out digits through `/predict`, `/predict/batch` and the Open
+Inference Protocol (`/v2/models/{name}/infer`), prints predictions against the true labels
+and the held-out accuracy, shows a few lines of `/metrics`, then stops the server with
+SIGTERM and checks that it exits cleanly. Exits non-zero on any failure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+MIN_ACCURACY = 0.9
+
+
+class QuickstartError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+def call(base: str, method: str, path: str, body: Any = None, timeout: float = 10.0) -> tuple[int, dict, Any]:
+    """One request; returns (status, headers, parsed JSON or text)."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, headers, raw = resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as e:
+        status, headers, raw = e.code, dict(e.headers), e.read()
+    ctype = headers.get("content-type", headers.get("Content-Type", ""))
+    return status, headers, json.loads(raw) if "json" in ctype else raw.decode(errors="replace")
+
+
+def post_ok(base: str, path: str, body: Any) -> tuple[dict, Any]:
+    status, headers, payload = call(base, "POST", path, body)
+    if status != 200:
+        raise QuickstartError(f"POST {path} -> {status}: {payload}")
+    return headers, payload
+
+
+# ---------------------------------------------------------------- server process
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(model_file: Path, port: int, log: Path) -> Iterator[subprocess.Popen]:
+    """The bundled server as a subprocess; killed on the way out if still running."""
+    cmd = [
+        sys.executable, "-m", "modelship_server",
+        "--model-uri", model_file.resolve().as_uri(),
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    print(f"$ {' '.join(cmd)}")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def wait_ready(base: str, proc: subprocess.Popen, timeout: float) -> float:
+    started = time.monotonic()
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise QuickstartError(f"server exited with code {proc.returncode} before becoming ready")
+        try:
+            if call(base, "GET", "/v2/health/ready", timeout=1.0)[0] == 200:
+                return time.monotonic() - started
+        except OSError:
+            pass  # not listening yet
+        time.sleep(0.1)
+    raise QuickstartError(f"server not ready within {timeout:.0f}s")
+
+
+def stop(proc: subprocess.Popen, timeout: float) -> float:
+    """SIGTERM and wait: a clean shutdown exits 0."""
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise QuickstartError(f"server still running {timeout:.0f}s after SIGTERM") from None
+    if code != 0:
+        raise QuickstartError(f"server exited with code {code} after SIGTERM")
+    return time.monotonic() - started
+
+
+# ---------------------------------------------------------------- the walkthrough
+
+
+def label_of(logits: list[float], labels: list[str]) -> str:
+    return labels[int(np.argmax(logits))]
+
+
+def show_single(base: str, x: np.ndarray, y: np.ndarray, labels: list[str], n: int) -> None:
+    print(f"\n/predict, one digit per request ({n} of them):")
+    for i in range(n):
+        headers, out = post_ok(base, "/predict", {"features": x[i].tolist()})
+        pred = label_of(out["logits"], labels)
+        mark = "ok" if pred == labels[y[i]] else "WRONG"
+        print(f"  sample {i:>3}: predicted {pred}  true {labels[y[i]]}  {mark}"
+              f"   (x-model-version {headers.get('x-model-version')})")  # fmt: skip
+
+
+def batch_accuracy(base: str, x: np.ndarray, y: np.ndarray, labels: list[str], rows: int) -> float:
+    preds: list[str] = []
+    for start in range(0, len(x), rows):
+        _, out = post_ok(base, "/predict/batch", {"batch_features": x[start : start + rows].tolist()})
+        preds += [label_of(row, labels) for row in out["logits"]]
+    if len(preds) != len(x):
+        raise QuickstartError(f"/predict/batch returned {len(preds)} predictions for {len(x)} rows")
+    return float(np.mean([p == labels[t] for p, t in zip(preds, y)]))
+
+
+def concurrent_singles(base: str, x: np.ndarray, y: np.ndarray, labels: list[str], workers: int) -> float:
+    """Many one-row requests at once: the server batches them together."""
+
+    def one(i: int) -> bool:
+        _, out = post_ok(base, "/predict", {"features": x[i].tolist()})
+        return label_of(out["logits"], labels) == labels[y[i]]
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return float(np.mean(list(pool.map(one, range(len(x))))))
+
+
+def v2_infer(base: str, name: str, x: np.ndarray, y: np.ndarray, labels: list[str]) -> None:
+    body = {
+        "id": "quickstart",
+        "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
+    }
+    _, out = post_ok(base, f"/v2/models/{name}/infer", body)
+    logits = out["outputs"][0]
+    data = np.asarray(logits["data"], dtype=np.float32).reshape(logits["shape"])
+    preds = [label_of(row, labels) for row in data]
+    print(f"\nOpen Inference Protocol: POST /v2/models/{name}/infer with a [{len(x)}, 64] FP32 tensor")
+    print(f"  output '{logits['name']}' {logits['datatype']} shape {logits['shape']}")
+    print(f"  predicted {' '.join(preds)}")
+    print(f"  true      {' '.join(labels[t] for t in y)}")
+
+
+def show_metrics(base: str) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, _, text = call(base, "GET", "/metrics")
+    if status != 200:
+        raise QuickstartError(f"GET /metrics -> {status}")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    print("\nGET /metrics (a few of them):")
+    for name, fam in sorted(families.items()):
+        if not name.startswith("modelship_"):
+            continue
+        if fam.type == "counter":
+            for s in fam.samples:
+                if s.name.endswith("_total"):
+                    print(f"  {s.name}{fmt_labels(s.labels)} {s.value:g}")
+        elif fam.type == "histogram":
+            summarize_histogram(fam)
+
+
+def fmt_labels(labels: dict) -> str:
+    keep = {k: v for k, v in labels.items() if k not in ("model", "version")}
+    return "{" + ",".join(f'{k}="{v}"' for k, v in keep.items()) + "}" if keep else ""
+
+
+def summarize_histogram(fam: Any) -> None:
+    """count, mean and bucket-estimated p50 / p99 over all label sets of a histogram."""
+    buckets: dict[float, float] = {}
+    total = count = 0.0
+    for s in fam.samples:
+        if s.name.endswith("_bucket"):
+            le = float(s.labels["le"])
+            buckets[le] = buckets.get(le, 0.0) + s.value
+        elif s.name.endswith("_sum"):
+            total += s.value
+        elif s.name.endswith("_count"):
+            count += s.value
+    if not count:
+        return
+
+    def quantile(q: float) -> float:
+        for le in sorted(buckets):
+            if buckets[le] >= q * count:
+                return le
+        return float("inf")
+
+    unit = "s" if fam.name.endswith("_seconds") else ""
+    print(f"  {fam.name}: count {count:g}  mean {total / count:.4g}{unit}  "
+          f"p50 <= {quantile(0.5):g}{unit}  p99 <= {quantile(0.99):g}{unit}")  # fmt: skip
+
+
+def run(model_dir: Path, port: int, model_file: str) -> None:
+    sig = json.loads((model_dir / "signature.json").read_text())
+    labels, name = sig["labels"], sig["name"]
+    heldout = np.load(model_dir / "heldout.npz")
+    x, y = heldout["X"].astype(np.float32), heldout["y"]
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="modelship-quickstart-") as tmp:
+        log = Path(tmp) / "server.log"
+        with running_server(model_dir / model_file, port, log) as proc:
+            try:
+                took = wait_ready(base, proc, READY_TIMEOUT_S)
+                print(f"server ready on {base} after {took:.1f}s (model loaded and warmed)")
+                show_single(base, x, y, labels, n=5)
+                acc_batch = batch_accuracy(base, x, y, labels, rows=64)
+                print(f"\n/predict/batch, 64 digits per request: held-out accuracy {acc_batch:.4f} "
+                      f"over {len(x)} samples")  # fmt: skip
+                acc_single = concurrent_singles(base, x, y, labels, workers=16)
+                print(f"/predict, {len(x)} one-digit requests from 16 threads at once: "
+                      f"accuracy {acc_single:.4f}")  # fmt: skip
+                v2_infer(base, name, x[:8], y[:8], labels)
+                show_metrics(base)
+                if min(acc_batch, acc_single) < MIN_ACCURACY:
+                    raise QuickstartError(f"held-out accuracy below {MIN_ACCURACY}")
+                took = stop(proc, STOP_TIMEOUT_S)
+                print(f"\nSIGTERM: server drained and exited cleanly in {took:.1f}s")
+            except Exception:
+                print(f"\n--- server log (last lines) ---\n{tail(log)}", file=sys.stderr)
+                raise
+
+
+def tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="serve the example model locally and send it predictions")
+    p.add_argument("--model-dir", type=Path, required=True, help="output of examples/build_model.py")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--model-file", default="model.pt", help="model.pt (TorchScript) or model.pt2 (torch.export)")
+    args = p.parse_args(argv)
+    try:
+        run(args.model_dir, args.port or free_port(), args.model_file)
+    except (QuickstartError, OSError, KeyError, ValueError) as e:
+        print(f"\nquickstart FAILED: {e}", file=sys.stderr)
+        return 1
+    print("\nquickstart OK")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The example model's contract (examples/build_model.py) and the quick start end to end."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+EXPECTED_SIGNATURE = {
+    "name": "digits",
+    "version": "1.0.0",
+    "task": "classification",
+    "labels": [str(i) for i in range(10)],
+    "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
+    "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
+}
+
+
+@pytest.fixture(scope="module")
+def heldout(example_model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    data = np.load(example_model_dir / "heldout.npz")
+    return data["X"], data["y"]
+
+
+@pytest.fixture(scope="module")
+def scripted(example_model_dir: Path) -> torch.jit.ScriptModule:
+    return torch.jit.load(str(example_model_dir / "model.pt")).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(example_model_dir: Path) -> torch.nn.Module:
+    return torch.export.load(str(example_model_dir / "model.pt2")).module()
+
+
+def test_build_writes_every_file_of_the_contract(example_model_dir: Path) -> None:
+    for name in ("model.pt", "model.pt2", "signature.json", "heldout.npz"):
+        assert (example_model_dir / name).is_file(), name
+        assert (example_model_dir / name).stat().st_size > 0, name
+
+
+def test_signature_is_the_contract(example_model_dir: Path) -> None:
+    assert json.loads((example_model_dir / "signature.json").read_text()) == EXPECTED_SIGNATURE
+
+
+def test_heldout_split_is_raw_pixels_with_every_class(heldout: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = heldout
+    assert x.dtype == np.float32 and x.ndim == 2 and x.shape[1] == 64
+    assert y.dtype == np.int64 and y.shape == (x.shape[0],)
+    # Raw pixel intensities: the scaling lives inside the model, not in the data.
+    assert x.min() == 0.0 and x.max() == 16.0
+    assert np.array_equal(x, np.round(x))
+    # Stratified: every digit present in roughly its share.
+    counts = np.bincount(y, minlength=10)
+    assert counts.min() >= 0.8 * len(y) / 10
+
+
+def test_torchscript_model_is_accurate_on_heldout(scripted, heldout) -> None:
+    x, y = heldout
+    with torch.inference_mode():
+        logits = scripted(torch.from_numpy(x))
+    assert logits.dtype == torch.float32 and logits.shape == (len(x), 10)
+    accuracy = float((logits.argmax(dim=1).numpy() == y).mean())
+    assert accuracy > 0.9
+
+
+@pytest.mark.parametrize("batch", [1, 2, 7, 64, 450])
+def test_both_formats_give_identical_logits(scripted, exported, heldout, batch: int) -> None:
+    x, _ = heldout
+    xb = torch.from_numpy(x[:batch].copy())
+    with torch.inference_mode():
+        a = scripted(xb)
+        b = exported(xb)
+    assert a.shape == b.shape == (batch, 10)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_exported_program_has_a_dynamic_batch_dimension(example_model_dir: Path) -> None:
+    program = torch.export.load(str(example_model_dir / "model.pt2"))
+    (placeholder,) = [n for n in program.graph.nodes if n.op == "placeholder" and n.name not in
+                      program.graph_signature.inputs_to_buffers and n.name not in
+                      program.graph_signature.inputs_to_parameters]  # fmt: skip
+    batch_dim, feature_dim = placeholder.meta["val"].shape
+    assert isinstance(batch_dim, torch.SymInt)  # symbolic, not specialised to the example
+    assert feature_dim == 64
+    with torch.inference_mode():
+        out = program.module()(torch.full((4096, 64), 8.0))
+    assert out.shape == (4096, 10)
+
+
+def test_the_model_standardises_inside(scripted, heldout) -> None:
+    """Raw pixels in; a constant image of the training mean gives the same logits as the
+    first layer's bias path, i.e. the scaling statistics are folded into the model."""
+    x, _ = heldout
+    state = scripted.state_dict()
+    mean = next(v for k, v in state.items() if k.endswith("mean"))
+    assert mean.shape == (64,) and 0.0 <= float(mean.min()) and float(mean.max()) <= 16.0
+    with torch.inference_mode():
+        at_mean = scripted(mean.unsqueeze(0))
+        raw = scripted(torch.from_numpy(x[:1]))
+    # Standardised input of exactly zero: the logits are what the biases alone produce.
+    w1, b1, w2, b2 = (v for k, v in state.items() if not k.endswith(("mean", "std")))
+    torch.testing.assert_close(at_mean[0], w2 @ torch.relu(b1) + b2)
+    assert not torch.allclose(raw, at_mean)
+
+
+def test_same_seed_builds_the_same_model(example_model_dir: Path, tmp_path: Path, scripted) -> None:
+    subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "build_model.py"), "--out", str(tmp_path)],
+        check=True,
+        timeout=180,
+        capture_output=True,
+    )
+    again = np.load(tmp_path / "heldout.npz")
+    first = np.load(example_model_dir / "heldout.npz")
+    assert np.array_equal(again["X"], first["X"]) and np.array_equal(again["y"], first["y"])
+    rebuilt = torch.jit.load(str(tmp_path / "model.pt"))
+    for (k1, v1), (k2, v2) in zip(scripted.state_dict().items(), rebuilt.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2), k1
+
+
+def test_quickstart_runs_end_to_end(example_model_dir: Path) -> None:
+    if importlib.util.find_spec("modelship_server.__main__") is None:
+        pytest.skip("modelship_server has no __main__ yet: the quick start needs `python -m modelship_server`")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--model-dir", str(example_model_dir)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, f"{out}\n{proc.stderr}"
+    assert "quickstart OK" in out
+    # It really served predictions: the accuracy it measured over HTTP is the model's.
+    accuracies = [float(v) for v in re.findall(r"accuracy (\d\.\d+)", out)]
+    assert len(accuracies) == 2 and min(accuracies) > 0.9, out
+    assert "cleanly" in out, out
+    assert "modelship_" in out, out  # it printed metrics
