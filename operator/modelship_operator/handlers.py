@@ -1,0 +1,183 @@
+"""The kopf wiring: thin handlers around `reconcile`.
+
+- create / update / resume of a ModelDeployment → reconcile (kopf retries TemporaryError).
+- a watch on our child Deployments (by label) → reconcile the owner, so readiness reaches
+  status within moments instead of at the next resync.
+- a periodic resync task (settings.resync_seconds) re-reconciles every ModelDeployment.
+
+Quiet steady state: kopf only calls create/update handlers when the object's essence (spec,
+labels, annotations) changes, our handlers return nothing (nothing goes into status), kopf's
+own handler-success events are switched off (posting level WARNING), and the periodic resync
+is our own task rather than a kopf timer (kopf timers and daemons add a finalizer). kopf keeps
+its default annotation storages: `kopf.zalando.org/last-handled-configuration` is written once
+per handled spec change, progress annotations only while a handler is being retried.
+No finalizer is ever added (no on.delete handler, no timers/daemons): ownerReferences let the
+garbage collector remove the children.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from . import kube as kube_mod
+from .plan import MANAGED_BY
+from .reconcile import INSTANCE_LABEL, MANAGED_BY_LABEL, Discovery, ReconcileResult, reconcile
+from .settings import Settings
+from .spec import API_VERSION, GROUP, KIND, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+MAX_RETRY_DELAY = 60.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class OperatorState:
+    """What the handlers share: the kube client, discovery cache and per-object locks."""
+
+    settings: Settings
+    connection: kube_mod.Connection
+    clock: Callable[[], datetime] = utcnow
+    kube: kube_mod.Kube | None = None
+    discovery: Discovery = field(default_factory=Discovery)
+    resync_task: asyncio.Task | None = None
+    _locks: weakref.WeakValueDictionary = field(default_factory=weakref.WeakValueDictionary)
+
+    def _lock(self, namespace: str, name: str) -> asyncio.Lock:
+        lock = self._locks.get((namespace, name))
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[(namespace, name)] = lock
+        return lock
+
+    async def reconcile(self, namespace: str, name: str,
+                        logger: logging.Logger | logging.LoggerAdapter, trigger: str) -> ReconcileResult:
+        """One reconcile under the object's lock (handlers, child watch and resync may overlap).
+
+        The object is read afresh under the lock: a body handed over by kopf may predate the
+        status another trigger just wrote, and acting on it would repeat events and writes.
+        """
+        assert self.kube is not None, "startup handler has not run"
+        async with self._lock(namespace, name):
+            body = await self.kube.get(API_VERSION, KIND, namespace, name)
+            if body is None:  # deleted meanwhile: the garbage collector takes the children
+                return ReconcileResult(name=name, namespace=namespace)
+            result = await reconcile(body, self.kube, self.settings, self.clock(), discovery=self.discovery)
+        level = logging.WARNING if result.error else logging.INFO if result.wrote else logging.DEBUG
+        logger.log(level, "reconciled (%s): phase=%s applied=%s pruned=%s status_written=%s events=%s%s",
+                   trigger, result.phase, result.applied, result.pruned, result.status_written,
+                   [e.reason for e in result.events], f" error={result.error}" if result.error else "")
+        return result
+
+    async def resync_forever(self) -> None:
+        """Re-reconcile every ModelDeployment we watch, every resync_seconds."""
+        namespaces: tuple[str | None, ...] = self.settings.namespaces or (None,)
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            for namespace in namespaces:
+                try:
+                    assert self.kube is not None
+                    items = await self.kube.list(API_VERSION, KIND, namespace)
+                except kube_mod.KubeError as exc:
+                    log.warning("resync: cannot list ModelDeployments in %s: %s", namespace or "all", exc)
+                    continue
+                for body in items:
+                    try:
+                        await self.reconcile(body["metadata"]["namespace"], body["metadata"]["name"],
+                                             log, "resync")
+                    except kube_mod.KubeError as exc:
+                        log.warning("resync of %s/%s failed: %s", body["metadata"].get("namespace"),
+                                    body["metadata"]["name"], exc)
+
+
+def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
+    """kopf's own behaviour, tuned for a quiet, finalizer-free operator."""
+    ks = kopf.OperatorSettings()
+    ks.posting.level = logging.WARNING  # no "Handler succeeded" events on every change
+    ks.posting.reporting_component = settings.field_manager
+    ks.peering.standalone = True  # one replica; leader election is the Deployment's job
+    ks.watching.server_timeout = 300  # the API server closes watches; kopf reconnects
+    ks.watching.client_timeout = 330
+    ks.networking.request_timeout = 30
+    # Watch only our own Deployments, filtered server-side.
+    ks.watching.label_selectors["apps", "v1", "deployments"] = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+    return ks
+
+
+def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    conn = state.connection
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(
+            server=conn.server, ca_path=conn.ca_file, insecure=conn.insecure or None,
+            token=conn.bearer_token(), certificate_path=conn.cert_file,
+            private_key_path=conn.key_file, default_namespace=conn.namespace,
+        )
+
+    @kopf.on.startup(registry=registry)
+    async def startup(logger: logging.Logger, **_: Any) -> None:
+        state.kube = kube_mod.Kube(conn, field_manager=state.settings.field_manager)
+        state.resync_task = asyncio.create_task(state.resync_forever(), name="modelship-resync")
+        logger.info("modelship operator starting: namespaces=%s server_image=%s resync=%ss",
+                    ",".join(state.settings.namespaces) or "(all)", state.settings.server_image,
+                    state.settings.resync_seconds)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        if state.resync_task is not None:
+            state.resync_task.cancel()
+            await asyncio.gather(state.resync_task, return_exceptions=True)
+        if state.kube is not None:
+            await state.kube.close()
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-resume")
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-create")
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-update")
+    async def on_change(body: kopf.Body, logger: logging.Logger, retry: int, **_: Any) -> None:
+        try:
+            await state.reconcile(body.metadata.namespace, body.metadata.name, logger, "change")
+        except kube_mod.TemporaryError as exc:
+            raise kopf.TemporaryError(str(exc), delay=min(2.0 ** retry, MAX_RETRY_DELAY)) from exc
+        except kube_mod.PermanentError as exc:  # e.g. status itself rejected: no hot loop
+            raise kopf.PermanentError(str(exc)) from exc
+
+    @kopf.on.event("apps", "v1", "deployments", registry=registry,
+                   labels={MANAGED_BY_LABEL: MANAGED_BY, INSTANCE_LABEL: kopf.PRESENT})
+    async def on_child(body: kopf.Body, type: str | None, logger: logging.Logger, **_: Any) -> None:
+        if type is None:  # the initial listing: resume handlers cover it
+            return
+        try:
+            await state.reconcile(body.metadata.namespace, body.metadata.labels[INSTANCE_LABEL], logger,
+                                  f"deployment {body.metadata.name} {type.lower()}")
+        except kube_mod.KubeError as exc:  # the resync or the next event will catch up
+            logger.warning("reconcile after a change of deployment %s failed: %s", body.metadata.name, exc)
+
+    return registry
+
+
+async def operator(settings: Settings, connection: kube_mod.Connection, *,
+                   liveness_endpoint: str | None = None,
+                   stop_flag: asyncio.Event | None = None) -> None:
+    """Run the operator until stopped (kopf.operator with our registry and settings)."""
+    state = OperatorState(settings=settings, connection=connection)
+    await kopf.operator(
+        registry=build_registry(state),
+        settings=kopf_settings(settings),
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=liveness_endpoint,
+        stop_flag=stop_flag,
+    )

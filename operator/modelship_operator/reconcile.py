@@ -1,0 +1,193 @@
+"""One level-triggered reconcile of a ModelDeployment: observe → plan → render → apply → prune → status.
+
+Idempotent: with nothing changed, a second call performs no write at all (applies are skipped
+when the live child carries the same `modelship.dev/applied-hash`, status is patched only when
+it differs, and the plan emits events only on transitions). Never writes `spec`.
+All API access goes through the `kube` object passed in (kube.Kube or the test double).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from .kube import KubeError, PermanentError
+from .plan import MANAGED_BY, DeploymentState, Event, Observed, failed_status, plan
+from .render import render
+from .settings import Settings
+from .spec import API_VERSION, KIND, ModelDeployment, SpecError
+
+log = logging.getLogger(__name__)
+
+APPLIED_HASH = "modelship.dev/applied-hash"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+
+# (group, version, plural) of the optional CRDs whose presence changes what we render.
+SERVICE_MONITORS = ("monitoring.coreos.com", "v1", "servicemonitors")
+HTTP_ROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")
+
+# Every kind of child we may create, hence may have to prune; optional ones only when served.
+CHILD_KINDS: tuple[tuple[str, str, tuple[str, str, str] | None], ...] = (
+    ("apps/v1", "Deployment", None),
+    ("v1", "Service", None),
+    ("autoscaling/v2", "HorizontalPodAutoscaler", None),
+    ("policy/v1", "PodDisruptionBudget", None),
+    ("monitoring.coreos.com/v1", "ServiceMonitor", SERVICE_MONITORS),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute", HTTP_ROUTES),
+)
+
+
+class KubeAPI(Protocol):
+    """What reconcile needs of kube.Kube (the in-memory test double implements the same)."""
+
+    async def list(self, api_version: str, kind: str, namespace: str | None = None,
+                   label_selector: Mapping[str, str] | str | None = None) -> list[dict[str, Any]]: ...
+    async def served(self, group: str, version: str, plural: str) -> bool: ...
+    async def apply(self, manifest: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]: ...
+    async def delete(self, api_version: str, kind: str, namespace: str | None, name: str,
+                     *, propagation: str = "Background") -> bool: ...
+    async def patch_status(self, api_version: str, kind: str, namespace: str | None, name: str,
+                           status_patch: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def create_event(self, involved: Mapping[str, Any], type: str, reason: str,
+                           message: str) -> dict[str, Any]: ...
+
+
+@dataclass
+class Discovery:
+    """Caches "is this CRD served?" for `ttl` seconds: CRDs come and go rarely."""
+
+    ttl: float = 60.0
+    _seen: dict[tuple[str, str, str], tuple[float, bool]] = field(default_factory=dict)
+
+    async def served(self, kube: KubeAPI, resource: tuple[str, str, str]) -> bool:
+        at, value = self._seen.get(resource, (float("-inf"), False))
+        if time.monotonic() - at > self.ttl:
+            value = await kube.served(*resource)
+            self._seen[resource] = (time.monotonic(), value)
+        return value
+
+
+@dataclass
+class ReconcileResult:
+    name: str
+    namespace: str
+    applied: list[str] = field(default_factory=list)  # "Kind/name"
+    pruned: list[str] = field(default_factory=list)
+    status_written: bool = False
+    events: list[Event] = field(default_factory=list)
+    phase: str | None = None
+    error: str | None = None  # a permanent error, reported in status and an Event
+
+    @property
+    def wrote(self) -> bool:
+        return bool(self.applied or self.pruned or self.status_written or self.events)
+
+
+def status_patch(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch that turns `live` into `desired` (removed keys become null)."""
+    patch: dict[str, Any] = {key: None for key in live if key not in desired}
+    for key, value in desired.items():
+        old = live.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            sub = status_patch(old, value)
+            if sub:
+                patch[key] = sub
+        elif old != value:
+            patch[key] = value
+    return patch
+
+
+def _ident(obj: Mapping[str, Any]) -> tuple[str, str]:
+    return obj["kind"], obj["metadata"]["name"]
+
+
+async def _write_status(kube: KubeAPI, body: Mapping[str, Any], desired: Mapping[str, Any],
+                        result: ReconcileResult) -> None:
+    meta = body["metadata"]
+    patch = status_patch(body.get("status") or {}, desired)
+    if patch:
+        await kube.patch_status(API_VERSION, KIND, meta.get("namespace"), meta["name"], patch)
+        result.status_written = True
+
+
+async def _emit(kube: KubeAPI, body: Mapping[str, Any], events: list[Event] | tuple[Event, ...],
+                result: ReconcileResult) -> None:
+    for event in events:
+        try:
+            await kube.create_event(body, event.type, event.reason, event.message)
+            result.events.append(event)
+        except KubeError as exc:  # events help users, but must not fail the reconcile
+            log.warning("could not post event %s: %s", event.reason, exc)
+
+
+async def _fail(kube: KubeAPI, body: Mapping[str, Any], reason: str, message: str,
+                now: datetime, result: ReconcileResult) -> ReconcileResult:
+    """A permanent error: Failed status plus a Warning event, once (not on every resync)."""
+    result.error, result.phase = message, "Failed"
+    await _write_status(kube, body, failed_status(body, reason, message, now), result)
+    if result.status_written:
+        await _emit(kube, body, [Event("Warning", reason, message)], result)
+    return result
+
+
+async def observe(kube: KubeAPI, md: ModelDeployment, discovery: Discovery) -> tuple[Observed, list[dict]]:
+    """The live children (ours by label) and what the cluster offers."""
+    selector = {INSTANCE_LABEL: md.name, MANAGED_BY_LABEL: MANAGED_BY}
+    served: dict[tuple[str, str, str], bool] = {}
+    for resource in (SERVICE_MONITORS, HTTP_ROUTES):
+        served[resource] = await discovery.served(kube, resource)
+    children: list[dict] = []
+    for api_version, kind, optional in CHILD_KINDS:
+        if optional is None or served[optional]:
+            children += await kube.list(api_version, kind, md.namespace, selector)
+    deployments = tuple(DeploymentState.from_manifest(c) for c in children if c["kind"] == "Deployment")
+    observed = Observed(deployments=deployments, httproute_served=served[HTTP_ROUTES],
+                        servicemonitor_served=served[SERVICE_MONITORS])
+    return observed, children
+
+
+async def reconcile(body: Mapping[str, Any], kube: KubeAPI, settings: Settings, now: datetime,
+                    *, discovery: Discovery | None = None) -> ReconcileResult:
+    """Bring the children and status of one ModelDeployment in line with its spec.
+
+    Raises kube.TemporaryError for failures worth retrying; permanent failures end up in
+    status (phase Failed, Ready False, Degraded True) and a Warning event instead.
+    """
+    meta = body.get("metadata") or {}
+    result = ReconcileResult(name=str(meta.get("name")), namespace=str(meta.get("namespace")))
+    try:
+        md = ModelDeployment.from_body(body)
+    except SpecError as exc:
+        return await _fail(kube, body, "InvalidSpec", f"invalid spec: {exc}", now, result)
+
+    observed, live_children = await observe(kube, md, discovery or Discovery(ttl=0))
+    desired_plan = plan(md, observed, settings, now)
+    manifests = render(desired_plan)
+    live = {_ident(c): c for c in live_children}
+    try:
+        for manifest in manifests:
+            current = live.get(_ident(manifest))
+            want = (manifest["metadata"].get("annotations") or {}).get(APPLIED_HASH)
+            have = ((current or {}).get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH)
+            if current is not None and want is not None and want == have:
+                continue
+            await kube.apply(manifest)
+            result.applied.append("/".join(_ident(manifest)))
+        desired = {_ident(m) for m in manifests}
+        for child in live_children:
+            ident = _ident(child)
+            if ident in desired or (ident[0] == "Deployment" and ident[1] in desired_plan.retain):
+                continue
+            await kube.delete(child["apiVersion"], child["kind"], md.namespace, ident[1])
+            result.pruned.append("/".join(ident))
+    except PermanentError as exc:
+        return await _fail(kube, body, "ApplyFailed", exc.message, now, result)
+
+    result.phase = desired_plan.status.get("phase")
+    await _write_status(kube, body, desired_plan.status, result)
+    await _emit(kube, body, desired_plan.events, result)
+    return result
