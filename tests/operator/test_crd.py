@@ -1,0 +1,197 @@
+"""The CRD itself: identity, structural schema, descriptions, subresources, printer columns,
+defaults and the cost bounds the API server's CEL budget needs."""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import celpy
+import jsonschema
+import pytest
+import yaml
+
+from modelship_operator import schema
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_PATH = ROOT / "crds" / "modeldeployments.modelship.dev.yaml"
+PACKAGED = ROOT / "operator" / "modelship_operator" / "crd" / "modeldeployments.modelship.dev.yaml"
+
+
+@pytest.fixture(scope="module")
+def crd() -> dict[str, Any]:
+    return yaml.safe_load(CRD_PATH.read_text())
+
+
+@pytest.fixture(scope="module")
+def root(crd: dict[str, Any]) -> dict[str, Any]:
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every schema node with its path (properties, items, additionalProperties, anyOf)."""
+    yield path, node
+    for key, sub in (node.get("properties") or {}).items():
+        yield from walk(sub, f"{path}.{key}")
+    if isinstance(node.get("items"), dict):
+        yield from walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from walk(node["additionalProperties"], f"{path}{{}}")
+    for i, sub in enumerate(node.get("anyOf") or ()):
+        yield from walk(sub, f"{path}<anyOf{i}>")
+
+
+def resolve(root: dict[str, Any], json_path: str) -> dict[str, Any] | None:
+    node: dict[str, Any] | None = root
+    for part in json_path.strip(".").split("."):
+        node = (node or {}).get("properties", {}).get(part)
+    return node
+
+
+def test_identity_and_names(crd: dict[str, Any]) -> None:
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
+    assert crd["metadata"]["name"] == "modeldeployments.modelship.dev"
+    s = crd["spec"]
+    assert (s["group"], s["scope"]) == ("modelship.dev", "Namespaced")
+    names = s["names"]
+    assert (names["kind"], names["plural"], names["singular"]) == (
+        "ModelDeployment", "modeldeployments", "modeldeployment")
+    assert names["shortNames"] == ["mdep"]
+    assert "all" not in names.get("categories", [])  # `kubectl get all` must not list model CRs
+    [version] = s["versions"]
+    assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+
+
+def test_package_copy_is_byte_identical_and_loaded() -> None:
+    assert PACKAGED.read_bytes() == CRD_PATH.read_bytes(), (
+        "operator/modelship_operator/crd/ must be a byte-identical copy of crds/: "
+        "cp crds/modeldeployments.modelship.dev.yaml operator/modelship_operator/crd/")
+    assert schema.crd_text() == CRD_PATH.read_text()
+    loaded = schema.load_crd()
+    loaded["spec"]["group"] = "mutated"  # load_crd hands out copies
+    assert schema.load_crd()["spec"]["group"] == "modelship.dev"
+
+
+def test_every_field_has_a_description(root: dict[str, Any]) -> None:
+    missing = [
+        path for path, node in walk(root)
+        # additionalProperties values and anyOf branches are not fields
+        if not path.endswith("}") and ">" not in path and not node.get("description")
+    ]
+    assert missing == []
+
+
+def test_schema_is_structural(root: dict[str, Any]) -> None:
+    problems = []
+    for path, node in walk(root):
+        if ">" in path:  # anyOf branches may only carry value validations
+            if set(node) - {"type"}:
+                problems.append(f"{path}: anyOf branch with more than a type")
+            continue
+        if "type" not in node and not node.get("x-kubernetes-int-or-string") \
+                and not node.get("x-kubernetes-preserve-unknown-fields"):
+            problems.append(f"{path}: no type")
+        if node.get("type") == "object":
+            has_props = "properties" in node
+            has_extra = "additionalProperties" in node
+            preserve = node.get("x-kubernetes-preserve-unknown-fields")
+            if has_props and has_extra:
+                problems.append(f"{path}: properties and additionalProperties together")
+            if not (has_props or has_extra or preserve) and path != ".metadata":
+                problems.append(f"{path}: object without properties or preserve-unknown-fields")
+        if node.get("type") == "array" and "items" not in node:
+            problems.append(f"{path}: array without items")
+        if node.get("x-kubernetes-list-type") == "map":
+            keys = node.get("x-kubernetes-list-map-keys") or []
+            item = node["items"]
+            if not keys or any(k not in item.get("required", []) for k in keys):
+                problems.append(f"{path}: list-map keys must be required fields of the items")
+    assert problems == []
+    assert set(root["properties"]["metadata"]) <= {"type", "description"}  # metadata may not be restricted
+
+
+def test_subresources_point_to_existing_fields(crd: dict[str, Any], root: dict[str, Any]) -> None:
+    version = crd["spec"]["versions"][0]
+    assert version["subresources"]["status"] == {}
+    scale = version["subresources"]["scale"]
+    assert scale == {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+                     "labelSelectorPath": ".status.selector"}
+    assert resolve(root, scale["specReplicasPath"])["type"] == "integer"
+    assert resolve(root, scale["statusReplicasPath"])["type"] == "integer"
+    assert resolve(root, scale["labelSelectorPath"])["type"] == "string"
+
+
+def test_printer_columns_point_to_existing_fields(crd: dict[str, Any], root: dict[str, Any]) -> None:
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    names = [c["name"] for c in columns]
+    for wanted in ("Version", "Weight", "Phase", "Ready", "Age"):
+        assert wanted in names
+    for column in columns:
+        if column["jsonPath"] == ".metadata.creationTimestamp":
+            assert column["type"] == "date"
+            continue
+        node = resolve(root, column["jsonPath"])
+        assert node is not None, column
+        assert node["type"] == column["type"], column
+
+
+def test_defaults_validate_against_their_own_schema(root: dict[str, Any]) -> None:
+    with_defaults = [(p, n) for p, n in walk(root) if "default" in n]
+    assert len(with_defaults) >= 15
+    for path, node in with_defaults:
+        sub = schema.to_json_schema(node)
+        jsonschema.Draft4Validator(sub).validate(schema.apply_defaults(node["default"], node))
+
+
+def test_enums_cover_the_design(root: dict[str, Any]) -> None:
+    spec = root["properties"]["spec"]["properties"]
+    status = root["properties"]["status"]["properties"]
+    assert spec["model"]["properties"]["format"]["enum"] == ["auto", "torchscript", "torch-export"]
+    assert spec["server"]["properties"]["precision"]["enum"] == ["fp32", "fp16", "bf16"]
+    assert spec["rollout"]["properties"]["traffic"]["enum"] == ["auto", "gateway", "replicas"]
+    assert status["phase"]["enum"] == ["Pending", "Progressing", "Paused", "Healthy", "Degraded", "Failed"]
+    cond = status["conditions"]["items"]["properties"]
+    assert set(cond) == {"type", "status", "observedGeneration", "lastTransitionTime", "reason", "message"}
+
+
+def all_rules(root: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    return [(path, node, rule) for path, node in walk(root)
+            for rule in node.get("x-kubernetes-validations") or ()]
+
+
+def test_every_rule_compiles_and_has_a_message(root: dict[str, Any]) -> None:
+    env = celpy.Environment()
+    rules = all_rules(root)
+    assert len(rules) >= 20
+    for path, _, rule in rules:
+        env.compile(rule["rule"])  # raises on a syntax error
+        assert rule.get("message") and len(rule["message"]) > 20, path
+
+
+def test_rules_respect_cel_cost_bounds(root: dict[str, Any]) -> None:
+    """The API server estimates each rule's worst-case cost from maxItems/maxLength;
+    unbounded lists or strings that a rule iterates or matches get the CRD rejected."""
+    problems = []
+    for path, node, rule in all_rules(root):
+        text = rule["rule"]
+        # self.a.b.matches(...) / self.matches(...): the matched string needs a maxLength
+        for chain in re.findall(r"self((?:\.\w+)*)\.(?:matches|startsWith)\(", text):
+            if chain.startswith(".metadata"):
+                continue  # the API server bounds metadata.name itself
+            target = node
+            for part in filter(None, chain.split(".")):
+                target = target["properties"][part]
+            if "maxLength" not in target:
+                problems.append(f"{path}: {text!r} matches an unbounded string")
+        for chain in re.findall(r"self((?:\.\w+)*)\.(?:all|exists|exists_one)\(", text):
+            target = node
+            for part in filter(None, chain.split(".")):
+                target = target["properties"][part]
+            if "maxItems" not in target:
+                problems.append(f"{path}: {text!r} iterates an unbounded list")
+    assert problems == []
+    # Every list a user writes is bounded, so rules added later stay within budget.
+    unbounded = [p for p, n in walk(root["properties"]["spec"], ".spec")
+                 if n.get("type") == "array" and "maxItems" not in n]
+    assert unbounded == []
