@@ -150,6 +150,32 @@ async def observe(kube: KubeAPI, md: ModelDeployment, discovery: Discovery) -> t
     return observed, children
 
 
+async def _apply_and_prune(kube: KubeAPI, md: ModelDeployment, desired_plan: Any,
+                           live_children: list[dict], result: ReconcileResult) -> bool:
+    """Apply what differs from the live children, prune ours that are no longer desired."""
+    manifests = render(desired_plan)
+    live = {_ident(c): c for c in live_children}
+    changed = False
+    for manifest in manifests:
+        current = live.get(_ident(manifest))
+        want = (manifest["metadata"].get("annotations") or {}).get(APPLIED_HASH)
+        have = ((current or {}).get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH)
+        if current is not None and want is not None and want == have:
+            continue
+        await kube.apply(manifest)
+        result.applied.append("/".join(_ident(manifest)))
+        changed = True
+    desired = {_ident(m) for m in manifests}
+    for child in live_children:
+        ident = _ident(child)
+        if ident in desired or (ident[0] == "Deployment" and ident[1] in desired_plan.retain):
+            continue
+        await kube.delete(child["apiVersion"], child["kind"], md.namespace, ident[1])
+        result.pruned.append("/".join(ident))
+        changed = True
+    return changed
+
+
 async def reconcile(body: Mapping[str, Any], kube: KubeAPI, settings: Settings, now: datetime,
                     *, discovery: Discovery | None = None) -> ReconcileResult:
     """Bring the children and status of one ModelDeployment in line with its spec.
@@ -164,28 +190,17 @@ async def reconcile(body: Mapping[str, Any], kube: KubeAPI, settings: Settings, 
     except SpecError as exc:
         return await _fail(kube, body, "InvalidSpec", f"invalid spec: {exc}", now, result)
 
-    observed, live_children = await observe(kube, md, discovery or Discovery(ttl=0))
-    desired_plan = plan(md, observed, settings, now)
-    manifests = render(desired_plan)
-    live = {_ident(c): c for c in live_children}
-    try:
-        for manifest in manifests:
-            current = live.get(_ident(manifest))
-            want = (manifest["metadata"].get("annotations") or {}).get(APPLIED_HASH)
-            have = ((current or {}).get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH)
-            if current is not None and want is not None and want == have:
-                continue
-            await kube.apply(manifest)
-            result.applied.append("/".join(_ident(manifest)))
-        desired = {_ident(m) for m in manifests}
-        for child in live_children:
-            ident = _ident(child)
-            if ident in desired or (ident[0] == "Deployment" and ident[1] in desired_plan.retain):
-                continue
-            await kube.delete(child["apiVersion"], child["kind"], md.namespace, ident[1])
-            result.pruned.append("/".join(ident))
-    except PermanentError as exc:
-        return await _fail(kube, body, "ApplyFailed", exc.message, now, result)
+    # A second pass after any write: the status must describe the children as they are now
+    # (e.g. the Deployment just created), or the next reconcile would find it stale and write.
+    for _ in range(2):
+        observed, live_children = await observe(kube, md, discovery or Discovery(ttl=0))
+        desired_plan = plan(md, observed, settings, now)
+        try:
+            changed = await _apply_and_prune(kube, md, desired_plan, live_children, result)
+        except PermanentError as exc:
+            return await _fail(kube, body, "ApplyFailed", exc.message, now, result)
+        if not changed:
+            break
 
     result.phase = desired_plan.status.get("phase")
     await _write_status(kube, body, desired_plan.status, result)
