@@ -1,0 +1,105 @@
+"""Replica split between the stable and canary revisions (``replicas`` traffic mode). Pure.
+
+In ``replicas`` mode one Service selects the pods of every revision, so the share of traffic a
+revision gets is its share of the *ready* pods. The rollout asks for a weight; this module turns
+the total (``spec.replicas``, which the HPA writes through ``/scale``) and that weight into pod
+counts per role, and gates the counts on readiness so that
+
+* canary pods never take traffic before they are ready (the Service only routes to ready
+  endpoints, and the gateway weight is held back until canary pods are ready), and
+* the stable revision never drops below what the split needs: it gives up a pod only once a
+  ready canary pod has taken its place (the rolling-update "maxUnavailable: 0" rule).
+
+Rounding (decided here; DESIGN.md is silent):
+
+* ``canary = round_half_up(total * weight / 100)``, clamped to ``1 .. total-1`` while
+  ``0 < weight < 100`` so both revisions really serve; ``stable = total - canary``.
+* ``total == 1`` with ``0 < weight < 100``: one stable pod *and* one canary pod, i.e. the pods
+  exceed ``spec.replicas`` by one (effective weight 50). Argo Rollouts' basic canary does the
+  same: it rounds both sides up (``ceil``), so a one-replica Rollout at 10% runs 1 + 1 pods. Unlike
+  Argo, for ``total >= 2`` we keep the sum exactly at ``total`` (Argo may surge by one there too).
+* ``total == 0`` (scaled to zero): no pods, effective weight 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Split:
+    stable: int
+    canary: int
+    effective_weight: int  # 0..100: the canary's share of these pods, rounded
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """Desired replica counts per role, gated on readiness, and the weights they realise."""
+
+    requested_weight: int  # the rollout step's weight, clamped to 0..100
+    target: Split  # where the split converges once every pod is ready
+    stable_replicas: int  # desired .spec.replicas of the stable Deployment now
+    canary_replicas: int  # desired .spec.replicas of the canary Deployment now
+    effective_weight: int  # the canary's share of READY pods now: what status must report
+    route_weight: int  # gateway mode: the canary backendRef weight that ready pods can carry
+
+    @property
+    def converged(self) -> bool:
+        """True when the desired counts are the target split (no readiness gate holds them)."""
+        return (self.stable_replicas, self.canary_replicas) == (self.target.stable, self.target.canary)
+
+
+def _round_half_up(numerator: int, denominator: int) -> int:
+    """round(numerator / denominator) with halves going up, in exact integer arithmetic."""
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
+def _share(canary: int, stable: int) -> int:
+    pods = canary + stable
+    return 0 if pods <= 0 else _round_half_up(100 * canary, pods)
+
+
+def split_replicas(total: int, weight: int) -> Split:
+    """Split ``total`` pods so the canary's share approximates ``weight`` percent."""
+    total = max(0, int(total))
+    weight = min(100, max(0, int(weight)))
+    if total == 0:
+        return Split(0, 0, 0)
+    if weight == 0:
+        return Split(total, 0, 0)
+    if weight == 100:
+        return Split(0, total, 100)
+    if total == 1:
+        return Split(1, 1, 50)  # surge by one so the split is real (see module docstring)
+    canary = min(total - 1, max(1, _round_half_up(total * weight, 100)))
+    stable = total - canary
+    return Split(stable, canary, _share(canary, stable))
+
+
+def scale_plan(total: int, weight: int, canary_ready: int, stable_ready: int) -> ScalePlan:
+    """Desired counts per role for this reconcile, given the pods ready right now.
+
+    * The canary Deployment gets its target count at once: new pods are not routed to before
+      their readiness probe passes, and a lower weight (abort, cancel) removes canary pods now.
+    * The stable Deployment keeps ``total - canary_ready`` pods while that is more than its
+      target, so ready capacity never drops below ``total`` while the canary starts up.
+    * ``effective_weight`` is the canary's share of the ready pods (what the Service realises).
+    * ``route_weight`` (gateway mode) gives the canary the share of its ready pods only: each
+      ready canary pod carries what the split planned for one canary pod, never more than asked.
+    """
+    weight = min(100, max(0, int(weight)))
+    total = max(0, int(total))
+    canary_ready = max(0, int(canary_ready))
+    stable_ready = max(0, int(stable_ready))
+    target = split_replicas(total, weight)
+
+    canary_replicas = target.canary
+    stable_replicas = max(target.stable, min(total, total - canary_ready))
+
+    # Pods beyond the desired count are on their way out; don't credit them.
+    serving_canary = min(canary_ready, canary_replicas)
+    serving_stable = min(stable_ready, stable_replicas)
+    effective = _share(serving_canary, serving_stable)
+
+    route = 0 if target.canary == 0 else min(weight, _round_half_up(weight * serving_canary, target.canary))
+    return ScalePlan(weight, target, stable_replicas, canary_replicas, effective, route)
