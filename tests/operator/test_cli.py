@@ -1,0 +1,248 @@
+"""kubectl-modelship: offline render through the operator's own code, status summaries,
+and the operator settings the CLI shares with the operator (MODELSHIP_* environment)."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelship_operator.cli import format_status, main
+from modelship_operator.plan import Observed, plan
+from modelship_operator.render import render
+from modelship_operator.schema import load_crd
+from modelship_operator.settings import Settings
+from modelship_operator.spec import ModelDeployment
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml"))
+
+
+def run(argv: list[str], env: dict[str, str] | None = None, stdin: str = "") -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(argv, env=env or {}, stdout=out, stderr=err, stdin=io.StringIO(stdin))
+    return code, out.getvalue(), err.getvalue()
+
+
+def expected_manifests(path: Path, settings: Settings = Settings()) -> list[dict]:
+    md = ModelDeployment.from_body(yaml.safe_load(path.read_text()))
+    return render(plan(md, Observed(), settings, datetime.now(timezone.utc)))
+
+
+# --------------------------------------------------------------------------- render
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_render_prints_what_the_operator_would_apply(example: Path) -> None:
+    code, out, err = run(["render", "-f", str(example)])
+    assert code == 0, err
+    printed = [d for d in yaml.safe_load_all(out) if d is not None]
+    assert printed == expected_manifests(example)
+    kinds = [m["kind"] for m in printed]
+    assert kinds[0] == "Deployment" and "Service" in kinds
+
+
+def test_examples_exist() -> None:
+    assert EXAMPLES, "examples/*.yaml are the CLI's showcase"
+
+
+def test_render_takes_settings_from_the_environment_and_a_namespace() -> None:
+    example = ROOT / "examples" / "quickstart-cpu.yaml"
+    env = {"MODELSHIP_SERVER_IMAGE": "registry.example.com/modelship/server:9.9"}
+    code, out, err = run(["render", "-f", str(example), "-n", "team-a"], env)
+    assert code == 0, err
+    deployment = next(yaml.safe_load_all(out))
+    assert deployment["metadata"]["namespace"] == "team-a"
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == env["MODELSHIP_SERVER_IMAGE"]
+
+
+def test_render_reads_stdin_and_can_include_a_servicemonitor() -> None:
+    text = (ROOT / "examples" / "quickstart-cpu.yaml").read_text()
+    code, out, _ = run(["render", "-f", "-", "--servicemonitor"], stdin=text)
+    assert code == 0
+    assert [d["kind"] for d in yaml.safe_load_all(out) if d][-1] == "ServiceMonitor"
+
+
+BAD = """\
+apiVersion: modelship.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: fraud}
+spec:
+  model: {uri: pvc://models/fraud/model.pt, version: "1"}
+  replicas: -3
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (BAD, "spec.replicas"),
+        ("a: [unclosed", "not valid YAML"),
+        ("", "holds no ModelDeployment"),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "expected apiVersion modelship.dev/v1alpha1"),
+        (BAD.replace("replicas: -3", "gpu: {type: NVIDIA-L4}"), "gpu"),
+    ],
+)
+def test_render_rejects_bad_input_with_exit_code_2(text: str, message: str) -> None:
+    code, out, err = run(["render", "-f", "-"], stdin=text)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and message in err
+
+
+def test_render_of_a_missing_file_and_of_bad_settings_exit_2(tmp_path: Path) -> None:
+    code, _, err = run(["render", "-f", str(tmp_path / "nope.yaml")])
+    assert code == 2 and "cannot read" in err
+    example = str(ROOT / "examples" / "quickstart-cpu.yaml")
+    code, _, err = run(["render", "-f", example], {"MODELSHIP_LOG_FORMAT": "xml"})
+    assert code == 2 and "MODELSHIP_LOG_FORMAT" in err
+
+
+def test_console_script_runs_as_a_process() -> None:
+    """The real entry point: a process, its stdout, its exit status."""
+    script = Path(sys.executable).with_name("kubectl-modelship")
+    example = ROOT / "examples" / "quickstart-cpu.yaml"
+    proc = subprocess.run([str(script), "render", "-f", str(example)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert [d for d in yaml.safe_load_all(proc.stdout) if d] == expected_manifests(example)
+    bad = subprocess.run([str(script), "render", "-f", "-"], input=BAD, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "spec.replicas" in bad.stderr
+
+
+# --------------------------------------------------------------------------- status
+
+
+REALISTIC = {
+    "apiVersion": "modelship.dev/v1alpha1",
+    "kind": "ModelDeployment",
+    "metadata": {"name": "fraud", "namespace": "ml", "generation": 4},
+    "spec": {"replicas": 4},
+    "status": {
+        "observedGeneration": 4,
+        "phase": "Progressing",
+        "trafficMode": "replicas",
+        "url": "http://fraud.ml.svc.cluster.local:8080",
+        "replicas": 5,
+        "readyReplicas": 4,
+        "selector": "app.kubernetes.io/name=modelship,app.kubernetes.io/instance=fraud",
+        "stable": {"revision": 3, "hash": "3be1c0ffee", "version": "1.4.0",
+                   "uri": "pvc://models/fraud/1.4.0/model.pt", "replicas": 3, "readyReplicas": 3},
+        "canary": {"revision": 4, "hash": "4dd0beef42", "version": "1.5.0", "weight": 25, "step": 1,
+                   "replicas": 1, "readyReplicas": 1,
+                   "analysis": {"verdict": "Pass", "requests": 420, "errorRate": 0.0024, "latencyP99Ms": 87.4,
+                                "failures": 0, "successes": 3}},
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "RolloutInProgress",
+             "message": "revision 4 at 25%", "lastTransitionTime": "2026-03-01T12:00:00Z"},
+            {"type": "Degraded", "status": "False", "reason": "AsExpected",
+             "message": "no problems detected", "lastTransitionTime": "2026-02-27T08:00:00Z"},
+        ],
+        "history": [
+            {"revision": 1, "hash": "1aaaaaaaaa", "version": "1.2.0", "outcome": "Superseded", "time": "2026-01-02T10:00:00Z"},
+            {"revision": 2, "hash": "2bbbbbbbbb", "version": "1.3.0", "outcome": "Aborted", "time": "2026-02-01T10:00:00Z"},
+        ],
+    },
+}
+
+
+def test_format_status_summarises_a_realistic_object() -> None:
+    text = format_status(REALISTIC)
+    lines = text.splitlines()
+    assert lines[0] == "ml/fraud"
+    assert "Phase:     Progressing" in text
+    assert "URL:       http://fraud.ml.svc.cluster.local:8080" in text
+    assert "4 ready / 5 running / 4 wanted" in text
+    assert "Stable:    revision 3 (3be1c0ffee)  version 1.4.0  ready 3/3" in text
+    assert "Canary:    revision 4 (4dd0beef42)  version 1.5.0  weight 25%  step 1  ready 1/1" in text
+    assert "verdict Pass, 420 requests, error rate 0.24%, p99 87 ms, failures 0" in text
+    ready_row = next(line for line in lines if line.strip().startswith("Ready "))
+    assert ready_row.split()[:3] == ["Ready", "False", "RolloutInProgress"] and "revision 4 at 25%" in ready_row
+    history = lines[lines.index("  History:") + 1:]
+    assert history[0].split()[:3] == ["REVISION", "VERSION", "OUTCOME"]
+    assert history[1].split()[:3] == ["2", "1.3.0", "Aborted"]  # newest first
+    assert "Note:" not in text
+
+
+def test_format_status_of_a_new_or_stale_object() -> None:
+    fresh = format_status({"metadata": {"name": "x", "namespace": "ml", "generation": 1}, "spec": {}})
+    assert "Phase:     Unknown" in fresh and "Stable:" not in fresh and "Conditions:" not in fresh
+    stale = dict(REALISTIC, metadata={**REALISTIC["metadata"], "generation": 5})
+    assert "status is for generation 4; the operator has not processed 5 yet" in format_status(stale)
+
+
+def test_status_reads_the_object_from_an_api_server(tmp_path: Path) -> None:
+    """End to end over HTTP: kubeconfig -> kube.Kube -> the API server double -> summary."""
+    from apiserver_double import ApiServerDouble
+
+    server = ApiServerDouble()
+    server.start()
+    try:
+        store = server.store
+
+        def seed() -> None:
+            store.create(store.type_for("apiextensions.k8s.io/v1", "CustomResourceDefinition"), None, load_crd())
+            store.create(store.type_for("v1", "Namespace"), None, {"metadata": {"name": "ml"}})
+            body = {k: v for k, v in REALISTIC.items() if k != "status"}
+            body["spec"] = {"model": {"uri": "pvc://models/fraud/1.4.0/model.pt", "version": "1.4.0"}, "replicas": 4}
+            rtype = store.type_for("modelship.dev/v1alpha1", "ModelDeployment")
+            store.create(rtype, "ml", body)
+            store.set_status(rtype, "ml", "fraud", REALISTIC["status"])
+
+        server.call(seed)
+        kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig", namespace="ml")
+        code, out, err = run(["status", "fraud", "--kubeconfig", str(kubeconfig)])
+        assert code == 0, err
+        assert "Stable:    revision 3 (3be1c0ffee)" in out and "Phase:     Progressing" in out
+        code, out, err = run(["status", "nope", "-n", "ml", "--kubeconfig", str(kubeconfig)])
+        assert code == 1 and "ModelDeployment ml/nope not found" in err
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_settings_defaults_and_environment() -> None:
+    assert Settings.from_env({}) == Settings()
+    s = Settings.from_env({
+        "MODELSHIP_SERVER_IMAGE": "r.example.com/s:1",
+        "MODELSHIP_GPU_LABEL_KEY": "cloud.google.com/gke-accelerator",
+        "MODELSHIP_NAMESPACES": " ml, team-a ,ml,",
+        "MODELSHIP_LOG_FORMAT": "TEXT",
+        "MODELSHIP_RESYNC_SECONDS": "15.5",
+        "MODELSHIP_PROMETHEUS_URL": "http://prometheus.monitoring:9090/",
+        "MODELSHIP_FIELD_MANAGER": "my-manager",
+        "MODELSHIP_CLUSTER_DOMAIN": "",
+    })
+    assert s == Settings(
+        server_image="r.example.com/s:1",
+        gpu_label_key="cloud.google.com/gke-accelerator",
+        namespaces=("ml", "team-a"),
+        log_format="text",
+        resync_seconds=15.5,
+        prometheus_url="http://prometheus.monitoring:9090",
+        field_manager="my-manager",
+        cluster_domain="",
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("MODELSHIP_LOG_FORMAT", "xml"),
+        ("MODELSHIP_RESYNC_SECONDS", "soon"),
+        ("MODELSHIP_RESYNC_SECONDS", "-1"),
+        ("MODELSHIP_RESYNC_SECONDS", "nan"),
+        ("MODELSHIP_NAMESPACES", "ml,Bad_NS"),
+        ("MODELSHIP_GPU_LABEL_KEY", "not a key"),
+        ("MODELSHIP_PROMETHEUS_URL", "prometheus:9090"),
+        ("MODELSHIP_SERVER_IMAGE", "an image"),
+        ("MODELSHIP_CLUSTER_DOMAIN", "bad_domain"),
+    ],
+)
+def test_invalid_settings_name_the_variable(key: str, value: str) -> None:
+    with pytest.raises(ValueError, match=key):
+        Settings.from_env({key: value})
