@@ -129,17 +129,19 @@ def show_single(base: str, x: np.ndarray, y: np.ndarray, labels: list[str], n: i
     print(f"\n/predict, one digit per request ({n} of them):")
     for i in range(n):
         headers, out = post_ok(base, "/predict", {"features": x[i].tolist()})
-        pred = label_of(out["logits"], labels)
+        pred = out["prediction"]
+        if pred != label_of(out["outputs"]["logits"], labels):
+            raise QuickstartError(f"/predict: prediction {pred} is not the argmax of its logits")
         mark = "ok" if pred == labels[y[i]] else "WRONG"
-        print(f"  sample {i:>3}: predicted {pred}  true {labels[y[i]]}  {mark}"
-              f"   (x-model-version {headers.get('x-model-version')})")  # fmt: skip
+        print(f"  sample {i:>3}: predicted {pred} (p={max(out['probabilities']):.3f})  true {labels[y[i]]}  "
+              f"{mark}   x-model-version: {headers.get('x-model-version')}")  # fmt: skip
 
 
 def batch_accuracy(base: str, x: np.ndarray, y: np.ndarray, labels: list[str], rows: int) -> float:
     preds: list[str] = []
     for start in range(0, len(x), rows):
         _, out = post_ok(base, "/predict/batch", {"batch_features": x[start : start + rows].tolist()})
-        preds += [label_of(row, labels) for row in out["logits"]]
+        preds += out["predictions"]
     if len(preds) != len(x):
         raise QuickstartError(f"/predict/batch returned {len(preds)} predictions for {len(x)} rows")
     return float(np.mean([p == labels[t] for p, t in zip(preds, y)]))
@@ -150,7 +152,7 @@ def concurrent_singles(base: str, x: np.ndarray, y: np.ndarray, labels: list[str
 
     def one(i: int) -> bool:
         _, out = post_ok(base, "/predict", {"features": x[i].tolist()})
-        return label_of(out["logits"], labels) == labels[y[i]]
+        return out["prediction"] == labels[y[i]]
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return float(np.mean(list(pool.map(one, range(len(x))))))
@@ -188,6 +190,9 @@ def show_metrics(base: str) -> None:
                     print(f"  {s.name}{fmt_labels(s.labels)} {s.value:g}")
         elif fam.type == "histogram":
             summarize_histogram(fam)
+        elif name.endswith("_info"):
+            for s in fam.samples:
+                print(f"  {s.name}{{{', '.join(f'{k}={v}' for k, v in s.labels.items())}}}")
 
 
 def fmt_labels(labels: dict) -> str:
