@@ -60,6 +60,7 @@ class ApiServerDouble:
         self.store = ObjectStore()
         self.writes: list[WriteRecord] = []
         self._watchers: list[_Watcher] = []
+        self._failures: list[tuple[str | None, str, ApiError]] = []  # (method, path part, error)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -141,6 +142,11 @@ class ApiServerDouble:
 
     # ---- sync helpers for tests
 
+    def fail_next(self, status: int, message: str, *, method: str | None = None, path_part: str = "",
+                  reason: str = "") -> None:
+        """Make the next request matching method and path fail as the API server would."""
+        self._failures.append((method, path_part, ApiError(status, reason or "Injected", message)))
+
     def mark_deployment_available(self, namespace: str, name: str, ready: int | None = None) -> dict:
         return self.call(lambda: self.store.mark_deployment_available(namespace, name, ready))
 
@@ -159,6 +165,10 @@ class ApiServerDouble:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.json_response(ApiError(401, "Unauthorized", "Unauthorized").body(), status=401)
+        for i, (method, part, error) in enumerate(self._failures):
+            if method in (None, request.method) and part in request.path:
+                del self._failures[i]
+                return web.json_response(error.body(), status=error.status)
         try:
             return await self._dispatch(request)
         except ApiError as exc:
