@@ -542,9 +542,31 @@ def _history(md: ModelDeployment, previous: Mapping, rev: RevisionPlan, now: str
     return history[-limit:] if limit > 0 else []
 
 
-def _events(previous: Mapping, status: Mapping, rev: RevisionPlan) -> tuple[Event, ...]:
+def _spec_warnings(rev: RevisionPlan, scaling: AutoscalingPlan | None) -> list[Event]:
+    """Mistakes the API cannot reject but a user should hear about once per spec change."""
+    warnings = []
+    cpu_target = scaling is not None and any(
+        m.get("type") == "Resource" and (m.get("resource") or {}).get("name") == "cpu" for m in scaling.metrics
+    )
+    if cpu_target and "cpu" not in (rev.resources.get("requests") or {}) and "cpu" not in (rev.resources.get("limits") or {}):
+        warnings.append(
+            Event(
+                "Warning",
+                "CPUTargetWithoutRequests",
+                "autoscaling targets CPU utilisation but server.resources sets no cpu request: "
+                "the HorizontalPodAutoscaler cannot compute utilisation until one is set",
+            )
+        )
+    return warnings
+
+
+def _events(
+    previous: Mapping, status: Mapping, rev: RevisionPlan, scaling: AutoscalingPlan | None = None
+) -> tuple[Event, ...]:
     """Events for the transitions between the live and the desired status; none in a steady state."""
     events: list[Event] = []
+    if previous.get("observedGeneration") != status.get("observedGeneration"):
+        events.extend(_spec_warnings(rev, scaling))
     before = previous.get("stable") or {}
     if not before.get("hash"):
         events.append(
@@ -637,7 +659,7 @@ def plan(md: ModelDeployment, observed: Observed, settings: Settings, now: datet
         service_monitor=observed.servicemonitor_served,
         retain=tuple(d.name for d in kept),
         status=status,
-        events=_events(previous, status, rev),
+        events=_events(previous, status, rev, scaling),
     )
 
 

@@ -389,6 +389,16 @@ def test_autoscaling_clamps_replicas_and_wants_a_pdb() -> None:
     assert p.autoscaling.metrics[0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 60}
 
 
+def test_cpu_autoscaling_without_cpu_requests_is_warned_once_per_spec_change() -> None:
+    b = body(autoscaling={"maxReplicas": 4})
+    first = plan(md(b), Observed(), SETTINGS, T0)
+    assert ("Warning", "CPUTargetWithoutRequests") in [(e.type, e.reason) for e in first.events]
+    again = plan(md(b, dict(first.status)), Observed(), SETTINGS, T1)
+    assert again.events == ()
+    fixed = body(autoscaling={"maxReplicas": 4}, server={"resources": {"requests": {"cpu": "1"}}})
+    assert "CPUTargetWithoutRequests" not in [e.reason for e in plan(md(fixed), Observed(), SETTINGS, T0).events]
+
+
 def test_single_replica_has_no_pdb_and_servicemonitor_follows_observation() -> None:
     p = plan(md(body(replicas=1)), Observed(), SETTINGS, T0)
     assert p.pdb is False and p.autoscaling is None and p.service_monitor is False
