@@ -114,7 +114,7 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
     ("s3-without-key", setting("spec.model.uri", "s3://ml-models"),
      "an s3:// model.uri must have the form s3://BUCKET/KEY", "s3://BUCKET/KEY"),
     ("empty-version", setting("spec.model.version", ""),
-     "spec.model.version: '' should be non-empty", "must not be empty"),
+     "spec.model.version: ''", "must not be empty"),
     ("version-not-label-safe", setting("spec.model.version", "1.5.0 beta"),
      "model.version must be usable as a label value", "label value"),
     ("version-too-long", setting("spec.model.version", "1" * 64),
