@@ -1,0 +1,337 @@
+"""Canary analysis: measure error rate and p99 latency, judge them against the limits. Pure.
+
+Two ways to measure, one way to judge:
+
+* **Scrape path** (no Prometheus): parse each pod's ``/metrics`` into a :class:`Snapshot`, take
+  ``delta(before, after)`` per pod over the interval, sum the deltas over the pods of a revision
+  (:func:`measure_pods`), and compute requests, 5xx share and p99 (:func:`measure`).
+* **PromQL path**: :func:`promql_queries` builds ``increase()`` / ``histogram_quantile()``
+  queries for one revision's pods; :func:`measurement_from_prometheus` reads the answers of
+  Prometheus' ``/api/v1/query``.
+
+:func:`judge` turns a :class:`Measurement` into a :class:`Verdict` (pass / fail / inconclusive).
+
+Series selection in Prometheus: by ``namespace`` and ``pod``. Both the annotation-based
+``kubernetes-pods`` scrape job (relabelling ``__meta_kubernetes_namespace`` / ``_pod_name``) and
+a prometheus-operator ServiceMonitor attach exactly these two target labels, while pod labels
+(``modelship.dev/revision``) only reach the series with an explicit labelmap or
+``podTargetLabels``. A revision's pods are named ``<name>-<hash>-<replicaset suffix>-<pod
+suffix>`` (the Deployment is ``<name>-<hash>``), so a fully anchored ``pod=~`` regex selects one
+revision exactly. The server's own ``version`` label is not used: two revisions may share a model
+version (a change to batching or resources makes a new revision with the same version).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Protocol
+
+from prometheus_client.parser import text_string_to_metric_families
+
+# The server's metric names (server/modelship_server/metrics.py) -- the one place to align them.
+REQUESTS_METRIC = "modelship_requests"  # counter: model, version, protocol, code
+LATENCY_METRIC = "modelship_request_duration_seconds"  # histogram (seconds): model, version, protocol
+CODE_LABEL = "code"
+QUANTILE = 0.99
+
+_REQUESTS_TOTAL = REQUESTS_METRIC + "_total"
+_REQUESTS_CREATED = REQUESTS_METRIC + "_created"
+_LATENCY_BUCKET = LATENCY_METRIC + "_bucket"
+_LATENCY_CREATED = LATENCY_METRIC + "_created"
+
+LabelSet = tuple[tuple[str, str], ...]  # sorted (name, value) pairs: one series
+
+
+class AnalysisError(ValueError):
+    """Metrics that cannot be parsed or a Prometheus answer of an unexpected shape."""
+
+
+def _key(labels: Mapping[str, str]) -> LabelSet:
+    return tuple(sorted(labels.items()))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The analysis-relevant series of one pod's ``/metrics`` (or a sum/delta of such)."""
+
+    requests: Mapping[LabelSet, float] = field(default_factory=dict)  # request counter, by series
+    buckets: Mapping[LabelSet, float] = field(default_factory=dict)  # cumulative buckets (with le)
+    created: Mapping[LabelSet, float] = field(default_factory=dict)  # series creation times
+
+    def requests_by_code(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for labels, value in self.requests.items():
+            code = dict(labels).get(CODE_LABEL, "")
+            out[code] = out.get(code, 0.0) + value
+        return out
+
+
+def parse_metrics(text: str) -> Snapshot:
+    """Parse Prometheus text exposition; keeps the request counter and latency histogram only."""
+    requests: dict[LabelSet, float] = {}
+    buckets: dict[LabelSet, float] = {}
+    created: dict[LabelSet, float] = {}
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == _REQUESTS_TOTAL:
+                    requests[_key(sample.labels)] = float(sample.value)
+                elif sample.name == _LATENCY_BUCKET:
+                    buckets[_key(sample.labels)] = float(sample.value)
+                elif sample.name in (_REQUESTS_CREATED, _LATENCY_CREATED):
+                    created[(("__name__", sample.name), *_key(sample.labels))] = float(sample.value)
+    except ValueError as exc:  # the parser raises ValueError on malformed lines
+        raise AnalysisError(f"cannot parse metrics: {exc}") from exc
+    return Snapshot(requests, buckets, created)
+
+
+def _restarted(before: Snapshot, after: Snapshot) -> bool:
+    """A counter went down, a series vanished, or a series was re-created: the process restarted."""
+    for old, new in ((before.requests, after.requests), (before.buckets, after.buckets)):
+        for labels, value in old.items():
+            if labels not in new or new[labels] < value:
+                return True
+    return any(after.created.get(labels, t) != t for labels, t in before.created.items())
+
+
+def delta(before: Snapshot | None, after: Snapshot) -> Snapshot:
+    """What one pod served between two scrapes. A restarted (or new) pod: ``after`` is the delta."""
+    if before is None or _restarted(before, after):
+        return after
+    return Snapshot(
+        {k: v - before.requests.get(k, 0.0) for k, v in after.requests.items()},
+        {k: v - before.buckets.get(k, 0.0) for k, v in after.buckets.items()},
+        dict(after.created),
+    )
+
+
+def aggregate(snapshots: Iterable[Snapshot]) -> Snapshot:
+    """Sum series over pods (creation times are per pod and dropped)."""
+    requests: dict[LabelSet, float] = {}
+    buckets: dict[LabelSet, float] = {}
+    for snap in snapshots:
+        for k, v in snap.requests.items():
+            requests[k] = requests.get(k, 0.0) + v
+        for k, v in snap.buckets.items():
+            buckets[k] = buckets.get(k, 0.0) + v
+    return Snapshot(requests, buckets, {})
+
+
+def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
+    """PromQL's ``histogram_quantile`` over cumulative buckets ``{upper bound: count}``.
+
+    Linear interpolation inside the bucket holding the rank; the lowest bucket starts at 0; a rank
+    in the +Inf bucket returns the highest finite bound. None where PromQL returns NaN.
+    """
+    if not 0 <= q <= 1:
+        raise ValueError("q must be within 0..1")
+    bounds = sorted(buckets)
+    if len(bounds) < 2 or not math.isinf(bounds[-1]):
+        return None
+    counts, running = [], 0.0
+    for b in bounds:  # enforce monotonic counts, as Prometheus does for scrape races
+        running = max(running, buckets[b])
+        counts.append(running)
+    total = counts[-1]
+    if total <= 0:
+        return None
+    rank = q * total
+    i = next(i for i, c in enumerate(counts) if c >= rank)
+    if i == len(bounds) - 1:
+        return bounds[-2]
+    if i == 0 and bounds[0] <= 0:
+        return bounds[0]
+    start = 0.0 if i == 0 else bounds[i - 1]
+    below = 0.0 if i == 0 else counts[i - 1]
+    in_bucket = counts[i] - below
+    return start + (bounds[i] - start) * ((rank - below) / in_bucket)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One revision over one analysis window."""
+
+    requests: float
+    errors: float  # 5xx answers
+    latency_p99_ms: float | None  # None: no latency samples
+    by_code: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def error_rate(self) -> float | None:
+        return None if self.requests <= 0 else self.errors / self.requests
+
+
+def _is_server_error(code: str) -> bool:
+    return len(code) == 3 and code.startswith("5")
+
+
+def _measurement(by_code: Mapping[str, float], p99_seconds: float | None) -> Measurement:
+    requests = sum(by_code.values())
+    errors = sum(v for code, v in by_code.items() if _is_server_error(code))
+    p99 = None if p99_seconds is None or math.isnan(p99_seconds) else p99_seconds * 1000.0
+    return Measurement(requests, errors, p99, dict(by_code))
+
+
+def measure(window: Snapshot) -> Measurement:
+    """Requests, 5xx and p99 of a delta snapshot (bucket deltas summed over series by ``le``)."""
+    by_le: dict[float, float] = {}
+    for labels, value in window.buckets.items():
+        le = dict(labels).get("le")
+        if le is None:
+            continue
+        bound = float(le)  # float() reads "+Inf"
+        by_le[bound] = by_le.get(bound, 0.0) + value
+    return _measurement(window.requests_by_code(), histogram_quantile(QUANTILE, by_le))
+
+
+def measure_pods(before: Mapping[str, Snapshot], after: Mapping[str, Snapshot]) -> Measurement:
+    """One revision's measurement from per-pod scrapes at the start and end of the window.
+
+    Pods only in ``after`` are new: all they served counts. Pods only in ``before`` are gone: what
+    they served since is unknown and left out.
+    """
+    return measure(aggregate(delta(before.get(pod), snap) for pod, snap in after.items()))
+
+
+class Limits(Protocol):
+    """What judge needs from ``spec.AnalysisSpec``."""
+
+    max_error_rate: float
+    max_latency_p99_ms: float | None
+    min_requests: int
+
+
+PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    result: str  # pass | fail | inconclusive
+    reasons: tuple[str, ...]
+    canary: Measurement
+    stable: Measurement | None = None
+
+    @property
+    def message(self) -> str:
+        return "; ".join(self.reasons)
+
+    def to_status(self) -> dict[str, Any]:
+        """The measured part of ``status.canary.analysis`` (the rollout adds time and tallies)."""
+        out: dict[str, Any] = {
+            "verdict": self.result.capitalize(),
+            "requests": int(round(self.canary.requests)),
+            "message": self.message,
+        }
+        if self.canary.error_rate is not None:
+            out["errorRate"] = round(self.canary.error_rate, 6)
+        if self.canary.latency_p99_ms is not None:
+            out["latencyP99Ms"] = round(self.canary.latency_p99_ms, 3)
+        return out
+
+
+def _describe(m: Measurement) -> str:
+    rate = "n/a" if m.error_rate is None else f"{m.error_rate:.2%}"
+    p99 = "n/a" if m.latency_p99_ms is None else f"{m.latency_p99_ms:.1f}ms"
+    return f"{m.requests:.0f} requests, error rate {rate}, p99 {p99}"
+
+
+def judge(canary: Measurement, limits: Limits, stable: Measurement | None = None) -> Verdict:
+    """Absolute limits decide; the stable revision's numbers are reported alongside.
+
+    Fewer than ``minRequests`` (and never fewer than one) is inconclusive, even when the few
+    requests look bad: too little traffic is no evidence either way, and ``failureLimit`` counts
+    failures only. With enough requests, every exceeded limit is a reason to fail; a latency limit
+    with no latency samples is inconclusive.
+    """
+    reasons: list[str] = []
+    result = PASS
+    minimum = max(1, int(limits.min_requests))
+    if canary.requests < minimum:
+        result = INCONCLUSIVE
+        reasons.append(f"only {canary.requests:.0f} requests in the window, {minimum} needed")
+    else:
+        rate = canary.error_rate or 0.0
+        if rate > limits.max_error_rate:
+            result = FAIL
+            reasons.append(f"error rate {rate:.2%} above {limits.max_error_rate:.2%}")
+        else:
+            reasons.append(f"error rate {rate:.2%} within {limits.max_error_rate:.2%}")
+        if limits.max_latency_p99_ms is not None:
+            p99 = canary.latency_p99_ms
+            if p99 is None:
+                result = FAIL if result == FAIL else INCONCLUSIVE
+                reasons.append("no latency samples")
+            elif p99 > limits.max_latency_p99_ms:
+                result = FAIL
+                reasons.append(f"p99 {p99:.1f}ms above {limits.max_latency_p99_ms:g}ms")
+            else:
+                reasons.append(f"p99 {p99:.1f}ms within {limits.max_latency_p99_ms:g}ms")
+    reasons.append(f"canary: {_describe(canary)}")
+    if stable is not None:
+        reasons.append(f"stable: {_describe(stable)}")
+    return Verdict(result, tuple(reasons), canary, stable)
+
+
+# --- PromQL path -----------------------------------------------------------------------------
+REQUESTS_QUERY = "requests_by_code"
+P99_QUERY = "latency_p99_seconds"
+
+
+def _promql_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def pod_regex(name: str, revision_hash: str) -> str:
+    """RE2 pattern for the pods of Deployment ``<name>-<hash>`` (replica-set and pod suffixes)."""
+    # names are DNS-1123 (letters, digits, '-', '.'): only the dot is special in a regex
+    return f"{_dots(name)}-{_dots(revision_hash)}-[a-z0-9]+-[a-z0-9]+"
+
+
+def _dots(value: str) -> str:
+    return re.escape(value) if re.fullmatch(r"[a-z0-9.-]*", value) is None else value.replace(".", r"\.")
+
+
+def promql_queries(namespace: str, name: str, revision_hash: str, window_seconds: float) -> dict[str, str]:
+    """Queries for one revision over the last ``window_seconds`` (keep it >= 4 scrape intervals).
+
+    ``increase()`` of a series that appears inside the window misses its first value, so the
+    very first requests of a new status code can be undercounted by up to one scrape interval.
+    """
+    selector = f"namespace={_promql_string(namespace)},pod=~{_promql_string(pod_regex(name, revision_hash))}"
+    window = f"{max(1, int(math.ceil(window_seconds)))}s"
+    return {
+        REQUESTS_QUERY: f"sum by ({CODE_LABEL}) (increase({_REQUESTS_TOTAL}{{{selector}}}[{window}]))",
+        P99_QUERY: (
+            f"histogram_quantile({QUANTILE}, sum by (le) (rate({_LATENCY_BUCKET}{{{selector}}}[{window}])))"
+        ),
+    }
+
+
+def _vector(answer: Any) -> list[dict[str, Any]]:
+    data = answer.get("data", answer) if isinstance(answer, Mapping) else None
+    if not isinstance(data, Mapping) or data.get("resultType") != "vector" or not isinstance(data.get("result"), list):
+        raise AnalysisError(f"expected an instant vector from Prometheus, got {answer!r:.200}")
+    return data["result"]
+
+
+def _sample_value(sample: Mapping[str, Any]) -> float:
+    try:
+        return float(sample["value"][1])  # [unix time, "value as string"]
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise AnalysisError(f"malformed Prometheus sample {sample!r:.200}") from exc
+
+
+def measurement_from_prometheus(results: Mapping[str, Any]) -> Measurement:
+    """A Measurement from the answers (``data`` or the whole JSON body) to :func:`promql_queries`."""
+    by_code: dict[str, float] = {}
+    for sample in _vector(results[REQUESTS_QUERY]):
+        value = _sample_value(sample)
+        if not math.isnan(value):
+            code = str(sample.get("metric", {}).get(CODE_LABEL, ""))
+            by_code[code] = by_code.get(code, 0.0) + value
+    p99 = None
+    for sample in _vector(results[P99_QUERY]):
+        value = _sample_value(sample)
+        p99 = None if math.isnan(value) or math.isinf(value) else value
+    return _measurement(by_code, p99)
