@@ -1,0 +1,164 @@
+"""Feedback joins on real digits predictions, bounded memory and expiry with an injected clock."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from modelship_server.feedback import FeedbackStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture(scope="module")
+def heldout_predictions() -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic nearest-centroid classifier on the example model's split: (pred, truth)."""
+    digits = load_digits()
+    x_tr, x_ho, y_tr, y_ho = train_test_split(
+        digits.data, digits.target, test_size=0.25, stratify=digits.target, random_state=0
+    )
+    centroids = np.stack([x_tr[y_tr == c].mean(axis=0) for c in range(10)])
+    dist = ((x_ho[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
+    return dist.argmin(axis=1), y_ho
+
+
+def chunks(n: int, seed: int) -> list[slice]:
+    """Variable-size requests (1..16 rows) covering n rows."""
+    rng = np.random.default_rng(seed)
+    out, start = [], 0
+    while start < n:
+        size = int(rng.integers(1, 17))
+        out.append(slice(start, min(start + size, n)))
+        start += size
+    return out
+
+
+def test_online_accuracy_equals_offline_accuracy(heldout_predictions) -> None:
+    pred, truth = heldout_predictions
+    offline = float((pred == truth).mean())
+    assert 0.8 < offline < 1.0  # a real classifier with real mistakes
+    store = FeedbackStore(ttl_seconds=60, max_entries=10_000, window=1000, clock=Clock())
+    requests = chunks(len(pred), seed=3)
+    for i, sl in enumerate(requests):
+        store.record(f"req-{i}", pred[sl])
+    results = [store.feedback(f"req-{i}", truth[sl].tolist()) for i, sl in enumerate(requests)]
+    assert all(r.matched and r.http_status == 200 for r in results)
+    assert sum(r.correct for r in results) == int((pred == truth).sum())
+    stats = store.stats()
+    assert stats.accuracy == offline  # exactly
+    assert stats.window_rows == stats.matched_rows == len(pred)
+    assert stats.counts["matched"] == len(requests) and stats.pending == 0 and stats.mae is None
+
+
+def test_rolling_window_covers_the_last_n_matched_rows(heldout_predictions) -> None:
+    pred, truth = heldout_predictions
+    store = FeedbackStore(ttl_seconds=60, max_entries=10_000, window=100, clock=Clock())
+    requests = chunks(len(pred), seed=4)
+    for i, sl in enumerate(requests):
+        store.record(str(i), pred[sl])
+        store.feedback(str(i), truth[sl])
+    assert store.stats().accuracy == float((pred[-100:] == truth[-100:]).mean())
+    assert store.stats().window_rows == 100
+
+
+def test_string_labels_match_integer_predictions() -> None:
+    store = FeedbackStore(ttl_seconds=60, max_entries=10, clock=Clock())
+    store.record("a", np.array([3, 5, 7]))
+    result = store.feedback("a", ["3", "5", "1"])
+    assert result.matched and result.correct == 2 and result.to_dict()["result"] == "matched"
+    store.record("b", np.array(["cat", "dog"]))
+    assert store.feedback("b", "cat dog".split()).correct == 2
+    assert store.stats().accuracy == pytest.approx(4 / 5)
+
+
+def test_regression_mae_over_rows_and_outputs() -> None:
+    store = FeedbackStore(ttl_seconds=60, max_entries=10, task="regression", clock=Clock())
+    store.record("r1", np.array([1.0, 2.0, 3.0]))
+    store.record("r2", np.array([[0.0, 0.0], [1.0, 1.0]]))
+    assert store.feedback("r1", [1.5, 2.0, 1.0]).mae == pytest.approx((0.5 + 0 + 2) / 3)
+    assert store.feedback("r2", [[1.0, 3.0], [1.0, 1.0]]).mae == pytest.approx((2.0 + 0.0) / 2)
+    stats = store.stats()
+    assert stats.mae == pytest.approx((0.5 + 0 + 2 + 2 + 0) / 5) and stats.accuracy is None
+    store.record("r3", [1.0])
+    bad = store.feedback("r3", [float("nan")])
+    assert bad.outcome == "invalid" and "NaN" in bad.message
+
+
+def test_shape_mismatch_is_invalid_and_the_prediction_waits_for_a_retry() -> None:
+    store = FeedbackStore(ttl_seconds=60, max_entries=10, clock=Clock())
+    store.record("x", np.array([1, 2, 3]))
+    bad = store.feedback("x", [1, 2])
+    assert bad.outcome == "invalid" and bad.http_status == 400
+    assert "shape [2]" in bad.message and "shape [3]" in bad.message
+    assert len(store) == 1
+    assert store.feedback("x", [1, 2, 0]).correct == 2
+    again = store.feedback("x", [1, 2, 3])
+    assert again.outcome == "duplicate" and again.http_status == 409
+    assert store.stats().counts == {"matched": 1, "unknown": 0, "expired": 0, "duplicate": 1, "invalid": 1}
+    assert store.stats().window_rows == 3  # the duplicate did not count twice
+
+
+def test_expiry_by_injected_clock() -> None:
+    clock = Clock()
+    store = FeedbackStore(ttl_seconds=30, max_entries=100, clock=clock)
+    store.record("old", [1])
+    clock.t += 20
+    store.record("young", [2])
+    clock.t += 15  # "old" is 35 s old, "young" 15 s
+    late = store.feedback("old", [1])
+    assert late.outcome == "expired" and late.http_status == 404 and "older than 30s" in late.message
+    assert store.feedback("young", [2]).matched
+    assert store.feedback("never-seen", [0]).outcome == "unknown"
+    clock.t += 31  # the memory of "old" expires too: now it is simply unknown
+    assert store.feedback("old", [1]).outcome == "unknown"
+    stats = store.stats()
+    assert stats.counts["expired"] == 1 and stats.counts["unknown"] == 2 and stats.evicted == 1
+    assert stats.pending == 0 and store.remembered == 0
+
+
+def test_capacity_eviction_says_store_full() -> None:
+    store = FeedbackStore(ttl_seconds=3600, max_entries=3, clock=Clock())
+    for i in range(5):
+        store.record(f"r{i}", [i])
+    assert len(store) == 3
+    result = store.feedback("r0", [0])
+    assert result.outcome == "expired" and "store full" in result.message
+    assert store.feedback("r4", [4]).matched
+
+
+def test_rows_bound() -> None:
+    store = FeedbackStore(ttl_seconds=3600, max_entries=1000, max_rows=100, clock=Clock())
+    for i in range(50):
+        store.record(str(i), np.zeros(30, dtype=np.int64))
+        assert store.stats().pending_rows <= 100
+    assert len(store) == 3
+
+
+def test_memory_bounded_under_a_flood() -> None:
+    clock = Clock()
+    store = FeedbackStore(ttl_seconds=300, max_entries=1000, clock=clock)
+    store.record("real", [7])
+    n = 200_000
+    for i in range(n):  # unknown ids: counted, never stored
+        result = store.feedback(f"bogus-{i}", [1])
+        assert result.outcome == "unknown"
+    assert len(store) == 1 and store.remembered == 0
+    assert store.stats().counts["unknown"] == n
+    pred = np.array([1])
+    for i in range(n):  # predictions nobody answers: the oldest go
+        store.record(f"p-{i}", pred)
+        if len(store) > 1000:
+            pytest.fail(f"store grew to {len(store)}")
+        clock.t += 0.001
+    assert store.remembered <= 1000
+    stats = store.stats()
+    assert stats.pending == 1000 and stats.evicted == n + 1 - 1000
+    assert store.feedback(f"p-{n - 1}", [1]).matched
+    assert store.feedback("real", [7]).outcome == "unknown"  # long forgotten, memory bounded too
