@@ -31,7 +31,6 @@ STARTUP_FAILURES = 90
 PRE_STOP_SLEEP_S = 5  # lets endpoint controllers drop the pod before SIGTERM arrives
 GPU_TAINT_KEY = "nvidia.com/gpu"
 
-PHASES = ("Pending", "Progressing", "Paused", "Healthy", "Degraded", "Failed")
 CONDITION_TYPES = ("Ready", "Available", "Progressing", "Degraded")
 
 
