@@ -15,6 +15,7 @@ import asyncio
 import json
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ class ApiServerDouble:
         self.token = token
         self.store = ObjectStore()
         self.writes: list[WriteRecord] = []
+        self.requests: deque[tuple[str, str]] = deque(maxlen=100000)  # (method, path_qs), reads too
         self._watchers: list[_Watcher] = []
         self._failures: list[tuple[str | None, str, ApiError]] = []  # (method, path part, error)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -165,6 +167,7 @@ class ApiServerDouble:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.json_response(ApiError(401, "Unauthorized", "Unauthorized").body(), status=401)
+        self.requests.append((request.method, request.path_qs))
         for i, (method, part, error) in enumerate(self._failures):
             if method in (None, request.method) and part in request.path:
                 del self._failures[i]
