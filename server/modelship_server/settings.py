@@ -28,13 +28,13 @@ def default_torch_threads() -> int:
 class Settings:
     model_uri: str = ""
     model_name: str = ""  # default: the signature's name, else "model"
-    model_version: str = "1"
+    model_version: str = ""  # default: the signature's "version", else "1"
     model_format: str = "auto"
     signature: str = ""  # path to a signature JSON; default: signature.json next to the model
     model_dir: str = "/tmp/modelship-model"  # download target for http(s):// and s3:// URIs
     max_batch_size: int = 32  # rows per forward pass
     max_delay_ms: float = 5.0  # the oldest queued request waits at most this long for batch-mates
-    max_queue: int = 256  # queued rows before shedding with 503
+    max_queue: int = 2048  # queued rows before shedding with 503 (64 clients x 32 rows fit)
     timeout_ms: float = 30000.0  # per request, queue + compute
     max_batch_rows: int = 1024  # most rows a single request may carry
     precision: str = "fp32"

@@ -85,6 +85,7 @@ class Signature:
     outputs: tuple[TensorSpec, ...]
     task: str = ""
     labels: tuple[str, ...] = field(default_factory=tuple)
+    version: str = ""  # optional; MODELSHIP_MODEL_VERSION wins
 
     @property
     def batchable(self) -> bool:
@@ -105,6 +106,8 @@ class Signature:
             out["task"] = self.task
         if self.labels:
             out["labels"] = list(self.labels)
+        if self.version:
+            out["version"] = self.version
         return out
 
     @classmethod
@@ -128,6 +131,7 @@ class Signature:
             outputs=outputs,
             task=str(obj.get("task") or ""),
             labels=tuple(str(label) for label in labels),
+            version=str(obj.get("version") or ""),
         )
 
     @classmethod

@@ -1,0 +1,154 @@
+"""The ASGI layer in front of the FastAPI routes.
+
+Every response gets `x-model-version` and `x-request-id` here (errors and 404s included).
+The inference POSTs are dispatched straight to their protocol handlers: no routing table
+walk, no Request object, headers pre-built. That is the server's hot path.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from typing import Any, Awaitable, Callable
+
+from .errors import ServerError
+from .protocols import JSON, Reply, dumps, plain, v1, v2
+from .service import Service
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID = b"x-request-id"
+MODEL_VERSION = b"x-model-version"
+Handler = Callable[[Service, dict, bytes], Awaitable[Reply]]
+
+
+_ID_PREFIX = os.urandom(6).hex()
+_id_counter = itertools.count(1)
+
+
+def new_request_id() -> bytes:
+    """Unique per process start (random prefix) without a syscall per request."""
+    return f"{_ID_PREFIX}-{next(_id_counter):x}".encode()
+
+
+def _client_request_id(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    for key, value in headers:
+        if key == REQUEST_ID:
+            # Echo a sane client id; anything odd is replaced rather than reflected.
+            if 0 < len(value) <= 200 and all(32 < c < 127 for c in value):
+                return value
+            return None
+    return None
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def error_reply(e: ServerError) -> Reply:
+    headers = [(k.encode(), v.encode()) for k, v in e.headers.items()] or None
+    return Reply(e.status, dumps({"error": e.message}), headers=headers)
+
+
+async def _read_body(receive: Callable[[], Awaitable[dict]]) -> bytes:
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while message.get("more_body", False):
+        message = await receive()
+        chunks.append(message.get("body", b""))
+    return b"".join(chunks)
+
+
+def _route(method: str, path: str) -> tuple[str, Callable[..., Awaitable[Reply]], tuple] | None:
+    """(protocol, handler, path arguments) of an inference POST, else None."""
+    if method != "POST":
+        return None
+    if path == "/predict":
+        return plain.PROTOCOL, plain.predict, ()
+    if path == "/predict/batch":
+        return plain.PROTOCOL, plain.predict_batch, ()
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        middle = path[len("/v2/models/") : -len("/infer")]
+        name, sep, version = middle.partition("/versions/")
+        if name and "/" not in name and (not sep or (version and "/" not in version)):
+            return v2.PROTOCOL, v2.infer, (name, version or None)
+        return None
+    if path.startswith("/v1/models/") and path.endswith(":predict"):
+        name = path[len("/v1/models/") : -len(":predict")]
+        if name and "/" not in name:
+            return v1.PROTOCOL, v1.predict, (name,)
+    return None
+
+
+class ModelshipASGI:
+    def __init__(self, app: Any, service: Service) -> None:
+        self.app = app
+        self.service = service
+        self._version = (MODEL_VERSION, service.version.encode())
+        service.on_identity.append(self._identity_changed)
+
+    def _identity_changed(self) -> None:
+        self._version = (MODEL_VERSION, self.service.version.encode())
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _client_request_id(scope["headers"]) or new_request_id()
+        route = _route(scope["method"], scope["path"])
+        if route is not None:
+            await self._infer(scope, receive, send, request_id, *route)
+            return
+        extra = [self._version, (REQUEST_ID, request_id)]
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    async def _infer(self, scope: dict, receive: Callable, send: Callable, request_id: bytes,
+                     protocol: str, handler: Callable[..., Awaitable[Reply]], args: tuple) -> None:  # fmt: skip
+        service = self.service
+        start = time.perf_counter()
+        service.inflight += 1
+        try:
+            body = await _read_body(receive)
+            if protocol == v2.PROTOCOL:
+                raw = _header(scope["headers"], v2.HEADER_LENGTH)
+                try:
+                    header_length = int(raw) if raw is not None else None
+                except ValueError:
+                    header_length = -1  # rejected as out of range by the handler
+                reply = await handler(service, *args, body, header_length)
+            else:
+                reply = await handler(service, *args, body)
+        except ServerError as e:
+            reply = error_reply(e)
+        except Exception as e:  # a bug: say so, keep serving
+            log.exception("unexpected error in %s %s", scope["method"], scope["path"])
+            reply = Reply(500, dumps({"error": f"internal error: {type(e).__name__}"}))
+        finally:
+            service.inflight -= 1
+        headers = [
+            (b"content-type", reply.content_type),
+            (b"content-length", str(len(reply.body)).encode()),
+            self._version,
+            (REQUEST_ID, request_id),
+        ]
+        if reply.headers:
+            headers.extend(reply.headers)
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+        service.metrics.observe_request(protocol, reply.status, time.perf_counter() - start)
+
+
+__all__ = ["ModelshipASGI", "JSON", "error_reply"]

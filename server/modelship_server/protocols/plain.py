@@ -1,0 +1,80 @@
+"""Tutorial-style endpoints: POST /predict {"features": [...]} and /predict/batch."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..codec import check_shape, to_array
+from ..errors import BadRequest
+from ..service import Result, Service
+from . import Reply, field, loads, ok
+
+PROTOCOL = "predict"
+
+
+def _feed(service: Service, features: Any, key: str, one_row: bool) -> tuple[dict[str, np.ndarray], int]:
+    """`features` is a row (one input) or {input name: row}; batches stack rows."""
+    sig = service.signature
+    assert sig is not None
+    if len(sig.inputs) == 1:
+        per_input = {sig.inputs[0].name: features}
+    elif isinstance(features, dict):
+        per_input = features
+        unknown = set(per_input) - {s.name for s in sig.inputs}
+        if unknown:
+            raise BadRequest(f"{key}: unknown inputs {sorted(unknown)}")
+    else:
+        raise BadRequest(f"{key} must map each input name ({', '.join(s.name for s in sig.inputs)}) to its values")
+    feed: dict[str, np.ndarray] = {}
+    rows = -1
+    for spec in sig.inputs:
+        if spec.name not in per_input:
+            raise BadRequest(f"{key} lacks input {spec.name!r}")
+        what = f"{key}" if len(sig.inputs) == 1 else f"{key}[{spec.name!r}]"
+        arr = to_array(per_input[spec.name], spec, what)
+        if one_row:
+            arr = arr.reshape((1, *arr.shape))
+        n = check_shape(arr, spec, what)
+        if rows not in (-1, n):
+            raise BadRequest(f"{key}: inputs have different row counts")
+        rows = n
+        feed[spec.name] = arr
+    return feed, rows
+
+
+def _body(service: Service, result: Result, single: bool) -> dict[str, Any]:
+    sig = service.signature
+    assert sig is not None
+    pick = (lambda a: a[0]) if single else (lambda a: a)
+    out: dict[str, Any] = {}
+    if result.classes is not None and result.probabilities is not None:
+        labels = sig.labels
+        idx = result.classes.tolist()
+        if single:
+            out["prediction"] = labels[idx[0]] if idx[0] < len(labels) else str(idx[0])
+        else:
+            out["predictions"] = [labels[i] if i < len(labels) else str(i) for i in idx]
+        out["probabilities"] = pick(result.probabilities)
+    else:
+        first = result.outputs[sig.outputs[0].name]
+        out["prediction" if single else "predictions"] = pick(first)
+    out["outputs"] = {name: pick(arr) for name, arr in result.outputs.items()}
+    return out
+
+
+async def predict(service: Service, body: bytes) -> Reply:
+    req = loads(body)
+    feed, rows = _feed(service, field(req, "features"), "features", one_row=True)
+    result = await service.infer(feed, rows)
+    return ok(_body(service, result, single=True))
+
+
+async def predict_batch(service: Service, body: bytes) -> Reply:
+    req = loads(body)
+    features = field(req, "batch_features")
+    if isinstance(features, list) and len(features) > service.settings.max_batch_rows:
+        raise BadRequest(f"batch_features: {len(features)} rows exceed the limit of {service.settings.max_batch_rows}")
+    feed, rows = _feed(service, features, "batch_features", one_row=False)
+    result = await service.infer(feed, rows)
+    return ok(_body(service, result, single=False))

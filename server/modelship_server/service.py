@@ -1,0 +1,169 @@
+"""The serving state shared by the protocols: model, batcher, readiness, identity, metrics.
+
+Numpy only: the torch side is reached through the model object's predict().
+"""
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from .batcher import Batcher
+from .errors import NotFound, ShuttingDown, Unavailable
+from .metrics import Metrics
+from .settings import Settings
+from .signature import Signature
+
+log = logging.getLogger(__name__)
+
+
+class Model(Protocol):
+    """What the server needs from a loaded model (model.LoadedModel implements it)."""
+
+    signature: Signature
+    info: Any  # .format, .device, .precision
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def memory_stats(self) -> dict[str, float] | None: ...
+
+
+@dataclass(slots=True)
+class Result:
+    outputs: dict[str, np.ndarray]
+    probabilities: np.ndarray | None = None  # classification signatures: softmax of the first output
+    classes: np.ndarray | None = None  # argmax indices
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float32, copy=True)
+    z -= z.max(axis=-1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=-1, keepdims=True)
+    return z
+
+
+class Service:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.name = settings.model_name or "model"
+        self.version = settings.model_version or "unknown"
+        self.metrics = metrics or Metrics(self.name, self.version)
+        self.model: Model | None = None
+        self.signature: Signature | None = None
+        self.batcher: Batcher | None = None
+        self.load_error: str | None = None
+        self.shutting_down = False
+        self.inflight = 0
+        # One thread for loading and every forward pass: CUDA context and torch state stay put.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="modelship-forward")
+        self.metrics.track(
+            queue_depth=lambda: self.batcher.queued_rows if self.batcher else 0,
+            inflight=lambda: self.inflight,
+            ready=lambda: 1.0 if self.ready else 0.0,
+        )
+        self.on_identity: list[Callable[[], None]] = []
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher is not None and not self.shutting_down
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def attach(self, model: Model) -> None:
+        """Serve `model` (loaded and warmed): identity, metrics, batcher. On the event loop."""
+        sig = model.signature
+        s = self.settings
+        self.model, self.signature = model, sig
+        self.name = s.model_name or sig.name or "model"
+        self.version = s.model_version or sig.version or "1"
+        self.metrics.set_identity(self.name, self.version)
+        info = model.info
+        self.metrics.set_model_info(info.format, info.device, info.precision)
+        if str(info.device).startswith("cuda"):
+            self.metrics.track_gpu_memory(model.memory_stats)
+        self._input_names = [spec.name for spec in sig.inputs]
+        self._first_input = sig.inputs[0].name
+        self._first_output = sig.outputs[0].name
+        self._classifier = sig.is_classifier
+        batcher = Batcher(
+            self._run_batch,
+            # A model without a dynamic batch dimension takes one request per call.
+            max_batch_size=s.max_batch_size if sig.batchable else 1,
+            max_delay=s.max_delay_ms / 1000.0,
+            max_queue=s.max_queue,
+            timeout=s.timeout_ms / 1000.0,
+            executor=self.executor,
+            observer=self.metrics,
+        )
+        batcher.start()
+        self.batcher = batcher
+        for callback in self.on_identity:
+            callback()
+        log.info("model %s version %s ready", self.name, self.version)
+
+    def begin_shutdown(self) -> None:
+        """Readiness false at once; stop admitting inference; queued work still finishes."""
+        self.shutting_down = True
+        if self.batcher is not None:
+            self.batcher.close()
+
+    async def drain(self) -> None:
+        self.begin_shutdown()
+        if self.batcher is not None:
+            await self.batcher.drain()
+        self.executor.shutdown(wait=True)
+
+    # -- inference -------------------------------------------------------------------------
+
+    def check_model(self, name: str, version: str | None = None) -> None:
+        """404 for another model or version, 503 while not ready."""
+        if self.batcher is None:
+            if self.settings.model_name and name != self.settings.model_name:
+                raise NotFound(f"model {name!r} not found")
+            raise Unavailable(self.load_error or "model is loading")
+        if name != self.name:
+            raise NotFound(f"model {name!r} not found (this server serves {self.name!r})")
+        if version is not None and version != self.version:
+            raise NotFound(f"model {name!r} has no version {version!r} (serving {self.version!r})")
+
+    async def infer(self, inputs: dict[str, np.ndarray], rows: int) -> Result:
+        batcher = self.batcher
+        if batcher is None:
+            raise Unavailable(self.load_error or "model is loading")
+        if self.shutting_down:
+            raise ShuttingDown()
+        return await batcher.submit(inputs, rows)
+
+    def _run_batch(self, payloads: list[dict[str, np.ndarray]]) -> list[Result]:
+        """On the worker thread: stack the requests, one forward pass, split the outputs."""
+        assert self.model is not None
+        if len(payloads) == 1:
+            feed = payloads[0]
+        else:
+            feed = {n: np.concatenate([p[n] for p in payloads]) for n in self._input_names}
+        out = self.model.predict(feed)
+        probs = classes = None
+        if self._classifier:
+            probs = softmax(out[self._first_output])
+            classes = probs.argmax(axis=-1)
+        if len(payloads) == 1:
+            return [Result(out, probs, classes)]
+        sizes = [p[self._first_input].shape[0] for p in payloads]
+        cuts = np.cumsum(sizes)[:-1]
+        total = sum(sizes)
+        parts: dict[str, list[np.ndarray]] = {}
+        for name, arr in out.items():
+            if arr.shape[:1] != (total,):
+                raise RuntimeError(f"output {name!r} has no batch dimension to split")
+            parts[name] = np.split(arr, cuts)
+        p_parts = np.split(probs, cuts) if probs is not None else [None] * len(sizes)
+        c_parts = np.split(classes, cuts) if classes is not None else [None] * len(sizes)
+        return [
+            Result({name: parts[name][i] for name in parts}, p_parts[i], c_parts[i])
+            for i in range(len(payloads))
+        ]
