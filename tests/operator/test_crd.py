@@ -77,7 +77,7 @@ def test_every_field_has_a_description(root: dict[str, Any]) -> None:
     missing = [
         path for path, node in walk(root)
         # additionalProperties values and anyOf branches are not fields
-        if not path.endswith("}") and ">" not in path and not node.get("description")
+        if not path.endswith("}") and ">" not in path and path != ".metadata" and not node.get("description")
     ]
     assert missing == []
 
@@ -108,7 +108,8 @@ def test_schema_is_structural(root: dict[str, Any]) -> None:
             if not keys or any(k not in item.get("required", []) for k in keys):
                 problems.append(f"{path}: list-map keys must be required fields of the items")
     assert problems == []
-    assert set(root["properties"]["metadata"]) <= {"type", "description"}  # metadata may not be restricted
+    # The API server accepts nothing on metadata but its type (not even a description).
+    assert root["properties"]["metadata"] == {"type": "object"}
 
 
 def test_subresources_point_to_existing_fields(crd: dict[str, Any], root: dict[str, Any]) -> None:
@@ -195,3 +196,82 @@ def test_rules_respect_cel_cost_bounds(root: dict[str, Any]) -> None:
     unbounded = [p for p, n in walk(root["properties"]["spec"], ".spec")
                  if n.get("type") == "array" and "maxItems" not in n]
     assert unbounded == []
+
+
+# --- the plain install manifests (deploy/) -------------------------------------------------
+DEPLOY = ROOT / "deploy"
+
+
+def deploy_docs() -> list[dict[str, Any]]:
+    return [d for f in sorted(DEPLOY.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+
+
+def test_manifests_validate_against_kubernetes_schemas() -> None:
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    for doc in [yaml.safe_load(CRD_PATH.read_text()), *deploy_docs()]:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_rbac_is_least_privilege_and_covers_every_child() -> None:
+    from modelship_operator import reconcile
+
+    [role] = [d for d in deploy_docs() if d["kind"] == "ClusterRole"]
+    grants: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for field_name in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field_name], rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                grants.setdefault((group, resource), set()).update(rule["verbs"])
+    plural = {"Deployment": "deployments", "Service": "services", "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+              "PodDisruptionBudget": "poddisruptionbudgets", "ServiceMonitor": "servicemonitors",
+              "HTTPRoute": "httproutes"}
+    for api_version, kind, _ in reconcile.CHILD_KINDS:
+        group = api_version.split("/")[0] if "/" in api_version else ""
+        assert {"get", "list", "watch", "patch", "delete"} <= grants[(group, plural[kind])], kind
+    custom = grants[("modelship.dev", "modeldeployments")]
+    assert {"get", "list", "watch"} <= custom and not custom & {"create", "update", "delete", "deletecollection"}
+    assert "patch" in grants[("modelship.dev", "modeldeployments/status")]
+    assert ("modelship.dev", "modeldeployments/scale") not in grants  # the HPA scales, not us
+    assert {"create", "patch"} <= grants[("", "events")]
+    assert not any(r in ("secrets", "configmaps") for _, r in grants)
+
+
+def test_operator_deployment_is_restricted_and_wired_to_its_settings() -> None:
+    from modelship_operator.settings import Settings
+
+    docs = deploy_docs()
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    [account] = [d for d in docs if d["kind"] == "ServiceAccount"]
+    [binding] = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"] == binding["subjects"][0]["name"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    [container] = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    # The liveness probe hits kopf's --liveness endpoint.
+    [liveness_arg] = [a for a in container["args"] if a.startswith("--liveness=")]
+    port = int(re.search(r":(\d+)/", liveness_arg).group(1))  # type: ignore[union-attr]
+    probe = container["livenessProbe"]["httpGet"]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert liveness_arg.endswith(probe["path"]) and named[probe["port"]] == port
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert set(env) == {"MODELSHIP_SERVER_IMAGE", "MODELSHIP_GPU_LABEL_KEY", "MODELSHIP_NAMESPACES",
+                        "MODELSHIP_LOG_FORMAT", "MODELSHIP_RESYNC_SECONDS", "MODELSHIP_PROMETHEUS_URL"}
+    settings = Settings.from_env(env)  # the shipped values are valid settings
+    assert settings.server_image == env["MODELSHIP_SERVER_IMAGE"]
+    assert settings.namespaces == ()  # empty: all namespaces
+
+
+def test_operator_dockerfile_has_no_torch_and_runs_non_root() -> None:
+    text = (ROOT / "Dockerfile.operator").read_text()
+    assert re.search(r"^FROM python:3\.11|^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim", text, re.M)
+    assert '".[operator]"' in text and "server" not in re.findall(r"\.\[(\w+)\]", text)
+    assert 'import torch' in text  # the build fails if torch slipped in
+    assert re.search(r"^USER \d+", text, re.M)
+    assert 'ENTRYPOINT ["python", "-m", "modelship_operator"]' in text
