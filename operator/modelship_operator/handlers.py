@@ -60,8 +60,7 @@ class OperatorState:
             self._locks[(namespace, name)] = lock
         return lock
 
-    async def reconcile(self, namespace: str, name: str,
-                        logger: logging.Logger | logging.LoggerAdapter, trigger: str) -> ReconcileResult:
+    async def reconcile(self, namespace: str, name: str, trigger: str) -> ReconcileResult:
         """One reconcile under the object's lock (handlers, child watch and resync may overlap).
 
         The object is read afresh under the lock: a body handed over by kopf may predate the
@@ -74,9 +73,13 @@ class OperatorState:
                 return ReconcileResult(name=name, namespace=namespace)
             result = await reconcile(body, self.kube, self.settings, self.clock(), discovery=self.discovery)
         level = logging.WARNING if result.error else logging.INFO if result.wrote else logging.DEBUG
-        logger.log(level, "reconciled (%s): phase=%s applied=%s pruned=%s status_written=%s events=%s%s",
-                   trigger, result.phase, result.applied, result.pruned, result.status_written,
-                   [e.reason for e in result.events], f" error={result.error}" if result.error else "")
+        log.log(level, "reconciled %s/%s (%s): phase=%s applied=%s pruned=%s status_written=%s events=%s%s",
+                namespace, name, trigger, result.phase, result.applied, result.pruned, result.status_written,
+                [e.reason for e in result.events], f" error={result.error}" if result.error else "",
+                extra={"object": {"namespace": namespace, "name": name, "kind": KIND}, "trigger": trigger,
+                       "phase": result.phase, "applied": result.applied, "pruned": result.pruned,
+                       "status_written": result.status_written,
+                       "events": [e.reason for e in result.events], "error": result.error})
         return result
 
     async def resync_forever(self) -> None:
@@ -94,7 +97,7 @@ class OperatorState:
                 for body in items:
                     try:
                         await self.reconcile(body["metadata"]["namespace"], body["metadata"]["name"],
-                                             log, "resync")
+                                             "resync")
                     except kube_mod.KubeError as exc:
                         log.warning("resync of %s/%s failed: %s", body["metadata"].get("namespace"),
                                     body["metadata"]["name"], exc)
@@ -118,7 +121,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     conn = state.connection
 
-    @kopf.on.login(registry=registry)
+    @kopf.on.login(registry=registry, id="login")
     def login(**_: Any) -> kopf.ConnectionInfo:
         return kopf.ConnectionInfo(
             server=conn.server, ca_path=conn.ca_file, insecure=conn.insecure or None,
@@ -126,7 +129,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             private_key_path=conn.key_file, default_namespace=conn.namespace,
         )
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(registry=registry, id="startup")
     async def startup(logger: logging.Logger, **_: Any) -> None:
         state.kube = kube_mod.Kube(conn, field_manager=state.settings.field_manager)
         state.resync_task = asyncio.create_task(state.resync_forever(), name="modelship-resync")
@@ -134,7 +137,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
                     ",".join(state.settings.namespaces) or "(all)", state.settings.server_image,
                     state.settings.resync_seconds)
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(registry=registry, id="cleanup")
     async def cleanup(**_: Any) -> None:
         if state.resync_task is not None:
             state.resync_task.cancel()
@@ -147,19 +150,19 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-update")
     async def on_change(body: kopf.Body, logger: logging.Logger, retry: int, **_: Any) -> None:
         try:
-            await state.reconcile(body.metadata.namespace, body.metadata.name, logger, "change")
+            await state.reconcile(body.metadata.namespace, body.metadata.name, "change")
         except kube_mod.TemporaryError as exc:
             raise kopf.TemporaryError(str(exc), delay=min(2.0 ** retry, MAX_RETRY_DELAY)) from exc
         except kube_mod.PermanentError as exc:  # e.g. status itself rejected: no hot loop
             raise kopf.PermanentError(str(exc)) from exc
 
-    @kopf.on.event("apps", "v1", "deployments", registry=registry,
+    @kopf.on.event("apps", "v1", "deployments", registry=registry, id="child-deployment",
                    labels={MANAGED_BY_LABEL: MANAGED_BY, INSTANCE_LABEL: kopf.PRESENT})
     async def on_child(body: kopf.Body, type: str | None, logger: logging.Logger, **_: Any) -> None:
         if type is None:  # the initial listing: resume handlers cover it
             return
         try:
-            await state.reconcile(body.metadata.namespace, body.metadata.labels[INSTANCE_LABEL], logger,
+            await state.reconcile(body.metadata.namespace, body.metadata.labels[INSTANCE_LABEL],
                                   f"deployment {body.metadata.name} {type.lower()}")
         except kube_mod.KubeError as exc:  # the resync or the next event will catch up
             logger.warning("reconcile after a change of deployment %s failed: %s", body.metadata.name, exc)

@@ -41,6 +41,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ref = getattr(record, "k8s_ref", None)
         record.where = f" [{ref.get('namespace')}/{ref.get('name')}]" if isinstance(ref, dict) else ""
+        if not record.where and isinstance(obj := getattr(record, "object", None), dict):
+            record.where = f" [{obj.get('namespace')}/{obj.get('name')}]"
         return super().format(record)
 
 

@@ -288,13 +288,37 @@ def test_delete_lets_go_cleanly(env: Env) -> None:
     assert env.process is not None and env.process.poll() is None, env.log_tail()
 
 
+def test_transient_api_failure_is_retried(env: Env) -> None:
+    if env.double is None:
+        pytest.skip("real cluster: API failures can only be injected into the API server double")
+    env.double.fail_next(503, "injected-by-test: etcd is busy", method="PATCH", path_part="/deployments/retry-me-")
+    body = manifest(env.namespace)
+    body["metadata"]["name"] = "retry-me"
+    env.call(lambda k: k.create(body))
+
+    async def created(k: Kube) -> list[dict]:
+        return await k.list("apps/v1", "Deployment", env.namespace, {"app.kubernetes.io/instance": "retry-me"})
+
+    env.eventually(created, "the Deployment after kopf's retry", timeout=30)
+    failed = [line for line in env.log_lines() if "injected-by-test" in line.get("message", "")]
+    assert failed, "the first attempt should have failed (and been logged)"
+    md = env.eventually(lambda k: _named_with_status(k, env, "retry-me"), "status after the retry")
+    assert md["status"]["observedGeneration"] == 1 and not md["metadata"].get("finalizers")
+
+
+async def _named_with_status(k: Kube, env: Env, name: str) -> dict | None:
+    md = await k.get(*MD, env.namespace, name)
+    return md if md and md.get("status", {}).get("observedGeneration") else None
+
+
 def test_operator_stops_cleanly_with_structured_logs_and_no_errors(env: Env) -> None:
     assert env.process is not None
     env.process.terminate()
     assert env.process.wait(30) == 0, env.log_tail()
     lines = env.log_lines()
     assert lines and all(line["level"] != "raw" for line in lines), env.log_tail()
-    bad = [line for line in lines if line["level"] in ("error", "critical") or "exception" in line]
+    bad = [line for line in lines if (line["level"] in ("error", "critical") or "exception" in line)
+           and "injected-by-test" not in line["message"]]
     assert bad == []
     reconciled = [line for line in lines if line["message"].startswith("reconciled")]
     assert reconciled and all(line.get("object", {}).get("namespace") == env.namespace for line in reconciled)
