@@ -14,6 +14,7 @@ of the mean absolute error over the row's outputs).
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -47,7 +48,9 @@ class FeedbackResult:
         return HTTP_STATUS[self.outcome]
 
     def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"request_id": self.request_id, "result": self.outcome, "message": self.message}
+        """The JSON answer; unmatched outcomes carry the server's usual {"error": ...} key."""
+        body: dict[str, Any] = {"request_id": self.request_id, "result": self.outcome}
+        body["message" if self.matched else "error"] = self.message
         if self.matched:
             body["rows"] = self.rows
             if self.correct is not None:
@@ -224,6 +227,8 @@ class FeedbackStore:
             raise ValueError(f"truth is not a regular array: {exc}") from None
         if t.ndim == 0:
             t = t.reshape(1)
+        if t.dtype.kind not in "biufUS":
+            raise ValueError("truth must be numbers or label strings")
         if t.shape != predictions.shape:
             raise ValueError(
                 f"truth has shape {list(t.shape)}, the prediction has shape {list(predictions.shape)}: "
@@ -252,3 +257,56 @@ class FeedbackStore:
             self._scores[: k - first] = scores[first:]
         self._next = (start + k) % self.window
         self._filled = min(self._filled + k, self.window)
+
+
+MAX_FEEDBACK_ITEMS = 1000
+
+
+def answer_feedback(store: FeedbackStore, body: bytes | str, max_items: int = MAX_FEEDBACK_ITEMS) -> tuple[int, dict[str, Any]]:
+    """The feedback routes' whole job: parse a JSON body, join it, return (status, JSON body).
+
+    One:  {"request_id": "<x-request-id of the prediction>", "truth": [label or value per row]}
+          ("id" is accepted for "request_id"; a bare value is fine for a one-row request)
+          -> the FeedbackResult's status and body (200 matched, 404 unknown/expired, ...).
+    Many: {"feedback": [{"request_id": ..., "truth": ...}, ...]} (at most `max_items`)
+          -> 200 {"matched": n, "unmatched": m, "results": [...]} whatever the outcomes.
+    A malformed body is 400 {"error": ...}.
+    """
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return 400, {"error": f"feedback body is not valid JSON: {exc}"}
+    if isinstance(doc, dict) and "feedback" in doc:
+        items = doc["feedback"]
+        if not isinstance(items, list) or not items:
+            return 400, {"error": '"feedback" must be a non-empty list of {"request_id", "truth"} objects'}
+        if len(items) > max_items:
+            return 400, {"error": f"at most {max_items} feedback items per request, got {len(items)}"}
+        parsed = [_item(x, f"feedback[{i}]") for i, x in enumerate(items)]
+        bad = next((p for p in parsed if isinstance(p, str)), None)
+        if bad is not None:
+            return 400, {"error": bad}
+        results = [store.feedback(rid, truth) for rid, truth in parsed]  # type: ignore[misc]
+        matched = sum(r.matched for r in results)
+        return 200, {
+            "matched": matched,
+            "unmatched": len(results) - matched,
+            "results": [r.to_dict() for r in results],
+        }
+    one = _item(doc, "feedback")
+    if isinstance(one, str):
+        return 400, {"error": one}
+    result = store.feedback(*one)
+    return result.http_status, result.to_dict()
+
+
+def _item(obj: Any, what: str) -> tuple[str, Any] | str:
+    """(request_id, truth), or an error message."""
+    if not isinstance(obj, dict):
+        return f'{what} must be an object {{"request_id": ..., "truth": [...]}}'
+    rid = obj.get("request_id", obj.get("id"))
+    if not isinstance(rid, str) or not rid:
+        return f'{what}: "request_id" must be a non-empty string (the x-request-id of the prediction)'
+    if "truth" not in obj or obj["truth"] is None:
+        return f'{what}: "truth" is required (one label or value per predicted row)'
+    return rid, obj["truth"]

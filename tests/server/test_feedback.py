@@ -1,12 +1,14 @@
 """Feedback joins on real digits predictions, bounded memory and expiry with an injected clock."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from modelship_server.feedback import FeedbackStore
+from modelship_server.feedback import FeedbackStore, answer_feedback
 
 
 class Clock:
@@ -162,3 +164,32 @@ def test_memory_bounded_under_a_flood() -> None:
     assert stats.pending == 1000 and stats.evicted == n + 1 - 1000
     assert store.feedback(f"p-{n - 1}", [1]).matched
     assert store.feedback("real", [7]).outcome == "unknown"  # long forgotten, memory bounded too
+
+
+def test_answer_feedback_bodies_single_and_batch() -> None:
+    store = FeedbackStore(ttl_seconds=60, max_entries=100, clock=Clock())
+    store.record("a", np.array([1, 2]))
+    store.record("b", np.array([3]))
+    status, body = answer_feedback(store, json.dumps({"request_id": "a", "truth": [1, 0]}).encode())
+    assert status == 200 and body == {"request_id": "a", "result": "matched", "message": "1/2 rows correct", "rows": 2, "correct": 1}
+    status, body = answer_feedback(store, b'{"id": "nope", "truth": 1}')
+    assert status == 404 and body["result"] == "unknown" and "no prediction" in body["error"]
+    status, body = answer_feedback(store, b'{"request_id": "b", "truth": {"x": 1}}')
+    assert status == 400 and "numbers or label strings" in body["error"]
+    store.record("c", np.array([4]))
+    status, body = answer_feedback(
+        store, json.dumps({"feedback": [{"request_id": "b", "truth": 3}, {"request_id": "a", "truth": [1, 2]}, {"request_id": "c", "truth": [4]}]})
+    )
+    assert status == 200 and body["matched"] == 2 and body["unmatched"] == 1
+    assert [r["result"] for r in body["results"]] == ["matched", "duplicate", "matched"]
+    assert store.stats().accuracy == pytest.approx(3 / 4)
+    for bad, needle in [
+        (b"{nope", "not valid JSON"),
+        (b"[1, 2]", "must be an object"),
+        (b'{"truth": [1]}', "request_id"),
+        (b'{"request_id": "a"}', '"truth" is required'),
+        (b'{"feedback": []}', "non-empty list"),
+        (json.dumps({"feedback": [{"request_id": "a", "truth": 1}] * 3}).encode(), "at most 2"),
+    ]:
+        status, body = answer_feedback(store, bad, max_items=2)
+        assert status == 400 and needle in body["error"], (bad, body)
