@@ -55,6 +55,8 @@ class ResourceType:
     spec_replicas_path: str = ".spec.replicas"
     status_replicas_path: str = ".status.replicas"
     label_selector_path: str | None = ".status.selector"
+    # a CRD's structural schema: unknown fields are pruned, as the API server does
+    schema: Any = field(default=None, compare=False, hash=False)
 
     @property
     def api_version(self) -> str:
@@ -255,6 +257,31 @@ def _bury(obj: Obj, dotted: str, value: Any) -> None:
     node[last] = value
 
 
+def prune_unknown(value: Any, schema: Mapping[str, Any] | None) -> Any:
+    """Drop fields a structural schema does not declare (x-kubernetes-preserve-unknown-fields
+    and additionalProperties keep theirs), like the API server does for custom resources."""
+    if not schema or schema.get("x-kubernetes-preserve-unknown-fields"):
+        return value
+    if isinstance(value, dict):
+        props, extra = schema.get("properties"), schema.get("additionalProperties")
+        if props is not None:
+            return {k: prune_unknown(v, props[k]) for k, v in value.items() if k in props}
+        if isinstance(extra, Mapping):
+            return {k: prune_unknown(v, extra) for k, v in value.items()}
+        return value if extra is True else {}
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        return [prune_unknown(v, schema["items"]) for v in value]
+    return value
+
+
+def _prune_object(rtype: ResourceType, obj: Obj) -> Obj:
+    if not rtype.schema:
+        return obj
+    props = rtype.schema.get("properties") or {}
+    return {k: v if k in ("apiVersion", "kind", "metadata") else prune_unknown(v, props[k])
+            for k, v in obj.items() if k in ("apiVersion", "kind", "metadata") or k in props}
+
+
 def _spec_part(obj: Obj) -> Obj:
     """What a generation bump looks at: everything but metadata and status."""
     return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
@@ -327,6 +354,7 @@ class ObjectStore:
                 spec_replicas_path=scale.get("specReplicasPath", ".spec.replicas"),
                 status_replicas_path=scale.get("statusReplicasPath", ".status.replicas"),
                 label_selector_path=scale.get("labelSelectorPath"),
+                schema=(version.get("schema") or {}).get("openAPIV3Schema"),
             ))
             break  # one served version per resource in this double
 
@@ -412,6 +440,8 @@ class ObjectStore:
             self._register_crd(obj)
         if rtype.kind == "Namespace":
             obj["status"] = {"phase": "Active"}
+        obj = _prune_object(rtype, obj)
+        meta = obj["metadata"]
         meta["resourceVersion"] = self._next_rv()
         self._bucket(rtype)[key] = obj
         self._emit("ADDED", rtype, obj)
@@ -436,6 +466,8 @@ class ObjectStore:
                 new.pop("status", None)
                 if "status" in old:
                     new["status"] = copy.deepcopy(old["status"])
+        new = _prune_object(rtype, new)
+        meta = new["metadata"]
         if new == old:
             return copy.deepcopy(old)
         if _spec_part(new) != _spec_part(old):
