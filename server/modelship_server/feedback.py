@@ -19,7 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -92,6 +92,7 @@ class FeedbackStore:
         task: str = "classification",
         window: int = 1000,
         max_rows: int | None = None,
+        labels: Sequence[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if task not in TASKS:
@@ -100,6 +101,8 @@ class FeedbackStore:
             raise ValueError("ttl_seconds, max_entries, window and max_rows must be positive")
         self.ttl, self.max_entries, self.task, self.window = ttl_seconds, max_entries, task, window
         self.max_rows = max_rows
+        # class names (the signature's labels): truth may name a class or give its index
+        self._label_index = {str(name): i for i, name in enumerate(labels or ())}
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
@@ -236,6 +239,11 @@ class FeedbackStore:
             )
         if self.task == "classification":
             p = predictions
+            if self._label_index and t.dtype.kind in "US" and p.dtype.kind in "biu":
+                try:
+                    t = np.array([self._label_index[str(v)] for v in t.tolist()], dtype=np.int64)
+                except KeyError as exc:
+                    raise ValueError(f"unknown label {exc.args[0]!r}") from None
             if t.dtype.kind in "biuf" and p.dtype.kind in "biuf":
                 return (t == p).astype(np.float64)
             # labels as strings on one side (e.g. "3" vs 3): compare their text

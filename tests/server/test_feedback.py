@@ -193,3 +193,14 @@ def test_answer_feedback_bodies_single_and_batch() -> None:
     ]:
         status, body = answer_feedback(store, bad, max_items=2)
         assert status == 400 and needle in body["error"], (bad, body)
+
+
+def test_truth_may_name_the_class_when_labels_are_known() -> None:
+    store = FeedbackStore(ttl_seconds=60, max_entries=10, labels=["cat", "dog", "bird"], clock=Clock())
+    store.record("a", np.array([0, 1, 2]))  # class indices, as the server's argmax gives them
+    assert store.feedback("a", ["cat", "bird", "bird"]).correct == 2
+    store.record("b", np.array([1]))
+    assert store.feedback("b", [1]).correct == 1  # indices work too
+    store.record("c", np.array([1]))
+    bad = store.feedback("c", ["horse"])
+    assert bad.outcome == "invalid" and "horse" in bad.message
