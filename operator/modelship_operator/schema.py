@@ -231,7 +231,8 @@ def _list_map_errors(obj: Any, schema: Mapping[str, Any], path: tuple[Any, ...] 
 
 def validate(obj: Any, *, cel: bool | None = None) -> list[str]:
     """Everything an API server with this CRD would reject in `obj`, as readable lines
-    (empty when valid). `cel=None` evaluates the CEL rules when celpy is installed."""
+    (empty when valid). `cel=None` evaluates the CEL rules when celpy is installed; without
+    it (or without jsonschema) the typed model in `spec` gives the verdict, first error only."""
     if not isinstance(obj, Mapping):
         return ["<root>: a ModelDeployment must be a mapping"]
     errors = []
@@ -246,15 +247,21 @@ def validate(obj: Any, *, cel: bool | None = None) -> list[str]:
         return errors
     schema = openapi_schema()
     defaulted = apply_defaults(dict(obj), schema)
-    errors = _schema_errors(defaulted, schema) + _list_map_errors(defaulted, schema)
+    try:
+        errors = _schema_errors(defaulted, schema)
+    except ImportError:  # no jsonschema: the typed model checks structure and rules alike
+        return _typed_model_errors(defaulted)
+    errors += _list_map_errors(defaulted, schema)
     if errors:
         # The API server stops before CEL when the structure is wrong; so do we.
         return errors
     use_cel = cel_available() if cel is None else cel
-    if use_cel:
-        return _cel_errors(defaulted, schema)
+    return _cel_errors(defaulted, schema) if use_cel else _typed_model_errors(defaulted)
+
+
+def _typed_model_errors(obj: Mapping[str, Any]) -> list[str]:
     try:
-        spec_mod.ModelDeployment.from_body(defaulted)
+        spec_mod.ModelDeployment.from_body(obj)
     except spec_mod.SpecError as exc:
         return [str(exc)]
     return []

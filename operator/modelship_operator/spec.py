@@ -294,6 +294,11 @@ class ModelDeployment:
     status: Status = field(default_factory=Status)
     raw_status: dict[str, Any] = field(default_factory=dict)  # the status exactly as read
 
+    @property
+    def model_name(self) -> str:
+        """The model's protocol name (/v2/models/{name}): spec.model.name, else the object's name."""
+        return self.spec.model.name or self.name
+
     @classmethod
     def from_body(cls, body: Mapping[str, Any], *, default_namespace: str = "default") -> ModelDeployment:
         """Parse a ModelDeployment object (as kopf or the API server gives it, or a file)."""

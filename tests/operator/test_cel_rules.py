@@ -304,3 +304,19 @@ def test_an_example_file_round_trip() -> None:
     obj["spec"]["rollout"]["steps"].append({"setWeight": 20, "pause": {"duration": "1m"}})
     errors = schema.validate(obj, cel=True)
     assert errors == ["spec.rollout.steps[6]: each rollout step sets exactly one of setWeight or pause"]
+
+
+def test_without_jsonschema_the_typed_model_gives_the_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_jsonschema(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "jsonschema":
+            raise ImportError("no jsonschema here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_jsonschema)
+    assert schema.validate(BASE) == []
+    errors = schema.validate(mutated(setting("spec.server.batching.maxBatchsize", 8)))
+    assert errors == ["spec.server.batching has unknown field(s): 'maxBatchsize'"]

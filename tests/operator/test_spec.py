@@ -276,9 +276,15 @@ def bodies(draw: st.DrawFn) -> dict[str, Any]:
             "metadata": {"name": name, "namespace": "ml"}, "spec": s}
 
 
+@pytest.fixture(scope="module")
+def cel_ready() -> None:
+    """Build the CEL environment before hypothesis runs (celpy raises the recursion limit once)."""
+    assert schema.validate(MINIMAL, cel=True) == []
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bodies())
-def test_typed_model_and_crd_agree(body: dict[str, Any]) -> None:
+def test_typed_model_and_crd_agree(cel_ready: None, body: dict[str, Any]) -> None:
     crd_errors = schema.validate(body, cel=True)
     try:
         ModelDeployment.from_body(body)
@@ -286,3 +292,10 @@ def test_typed_model_and_crd_agree(body: dict[str, Any]) -> None:
     except SpecError as exc:
         spec_error = str(exc)
     assert (crd_errors == []) == (spec_error is None), (crd_errors, spec_error)
+
+
+def test_model_name_defaults_to_the_object_name() -> None:
+    assert ModelDeployment.from_body(MINIMAL).model_name == "digits"
+    named = copy.deepcopy(MINIMAL)
+    named["spec"]["model"]["name"] = "mnist"
+    assert ModelDeployment.from_body(named).model_name == "mnist"
