@@ -121,8 +121,7 @@ def validate_profile(profile: Any) -> dict[str, Any]:
         raise ProfileError("reference profile has no features")
     for i, f in enumerate(feats):
         try:
-            edges, props, quants = f["edges"], f["proportions"], f["quantiles"]
-            f["name"]
+            _, edges, props, quants = f["name"], f["edges"], f["proportions"], f["quantiles"]
         except (KeyError, TypeError) as exc:
             raise ProfileError(f"feature {i}: missing {exc}") from None
         if len(props) != len(edges) + 1 or not quants or list(edges) != sorted(edges):
