@@ -141,8 +141,11 @@ def test_defaults_validate_against_their_own_schema(root: dict[str, Any]) -> Non
     with_defaults = [(p, n) for p, n in walk(root) if "default" in n]
     assert len(with_defaults) >= 15
     for path, node in with_defaults:
-        sub = schema.to_json_schema(node)
-        jsonschema.Draft4Validator(sub).validate(schema.apply_defaults(node["default"], node))
+        value = schema.apply_defaults(node["default"], node)
+        jsonschema.Draft4Validator(schema.to_json_schema(node)).validate(value)
+        # The API server also runs the CEL rules over defaults when the CRD is created.
+        for rule_path, sub_value, rule in schema.iter_rules(node, value):
+            assert schema.eval_rule(rule["rule"], sub_value) is True, (path, rule_path, rule["message"])
 
 
 def test_enums_cover_the_design(root: dict[str, Any]) -> None:
