@@ -246,6 +246,10 @@ class Kube:
             raise TemporaryError(f"{what}: connection error: {exc!r}") from exc
         if rsp.status_code == 404 and missing_ok:
             return None
+        if rsp.status_code == 401 and self.connection.token_file:
+            # A rotated service-account token: re-read it and let the caller retry.
+            self._token = (0.0, None)
+            raise TemporaryError(f"{what}: HTTP 401 Unauthorized (re-reading the token)", status=401)
         if rsp.status_code >= 400:
             raise error_from_response(rsp.status_code, rsp.content, what)
         return rsp.json() if rsp.content else {}

@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from urllib.parse import parse_qs, urlsplit
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,6 +243,10 @@ def test_steady_state_writes_nothing(env: Env) -> None:
         resync_lists = [path for method, path in list(env.double.requests)[requests_before:]
                         if method == "GET" and path.endswith(f"/namespaces/{env.namespace}/modeldeployments")]
         assert len(resync_lists) >= 2
+        # kopf watches only our own Deployments (server-side label selector).
+        watches = [path for _, path in env.double.requests if "/deployments?" in path and "watch=true" in path]
+        assert watches and all(parse_qs(urlsplit(path).query).get("labelSelector")
+                               == ["app.kubernetes.io/managed-by=modelship-operator"] for path in watches), watches
 
 
 def test_spec_change_rolls_a_new_revision_and_prunes_the_old(env: Env) -> None:

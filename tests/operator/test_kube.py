@@ -226,3 +226,17 @@ def test_kubeconfig_with_embedded_certificates_loads(tmp_path: Path) -> None:
     assert conn.server == "https://127.0.0.1:6443" and conn.namespace == "default" and not conn.insecure
     assert conn.ca_file and Path(conn.ca_file).read_text() == pem
     assert conn.cert_file and Path(conn.cert_file).read_text() == pem and conn.key_file
+
+
+def test_rotated_service_account_token_is_reread_after_401(apiserver: ApiServerDouble, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("stale")
+    kube = Kube(Connection(server=apiserver.url, token_file=str(token)))
+
+    async def go(k: Kube) -> dict | None:
+        with pytest.raises(TemporaryError):
+            await k.get("v1", "Namespace", None, "default")
+        token.write_text(apiserver.token)  # the kubelet rotated it
+        return await k.get("v1", "Namespace", None, "default")
+
+    assert run(kube, go)["metadata"]["name"] == "default"
