@@ -177,7 +177,7 @@ class AnalysisSpec:
 
 @dataclass(frozen=True)
 class GatewaySpec:
-    parent_refs: tuple[dict[str, Any], ...] = ()  # Gateway API ParentReference
+    parent_refs: tuple[dict[str, Any], ...]  # Gateway API ParentReference; at least one
     hostnames: tuple[str, ...] = ()
     mirror_percent: int | None = None
 
@@ -678,9 +678,12 @@ def _parse_rollout(o: _Obj) -> RolloutSpec:
             hostnames.append(h)
         mirror = g.int("mirrorPercent", None, 0, 100)
         g.done()
+        if not refs:
+            raise SpecError("rollout.gateway.parentRefs must name at least one Gateway "
+                            "(the Gateway the HTTPRoute attaches to)")
         gateway = GatewaySpec(parent_refs=tuple(refs), hostnames=tuple(hostnames), mirror_percent=mirror)
     o.done()
-    if traffic == "gateway" and (gateway is None or not gateway.parent_refs):
+    if traffic == "gateway" and gateway is None:
         raise SpecError("rollout.traffic gateway needs rollout.gateway.parentRefs "
                         "(the Gateway the HTTPRoute attaches to)")
     if gateway is not None and gateway.mirror_percent is not None and traffic == "replicas":
