@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import urllib.parse
 import urllib.request
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,7 +288,9 @@ def load_model(settings: Settings) -> LoadedModel:
     program = None
     try:
         if fmt == "torchscript":
-            module = torch.jit.load(str(path), map_location=device).eval()
+            with warnings.catch_warnings():  # torch 2.9+ deprecates TorchScript; it still serves best
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(path), map_location=device).eval()
         else:
             program = torch.export.load(str(path))
             module = program.module()

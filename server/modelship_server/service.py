@@ -120,6 +120,13 @@ class Service:
 
     # -- inference -------------------------------------------------------------------------
 
+    def check_ready(self) -> None:
+        """503 while loading or shutting down."""
+        if self.batcher is None:
+            raise Unavailable(self.load_error or "model is loading")
+        if self.shutting_down:
+            raise ShuttingDown()
+
     def check_model(self, name: str, version: str | None = None) -> None:
         """404 for another model or version, 503 while not ready."""
         if self.batcher is None:

@@ -64,6 +64,7 @@ def _body(service: Service, result: Result, single: bool) -> dict[str, Any]:
 
 
 async def predict(service: Service, body: bytes) -> Reply:
+    service.check_ready()
     req = loads(body)
     feed, rows = _feed(service, field(req, "features"), "features", one_row=True)
     result = await service.infer(feed, rows)
@@ -71,6 +72,7 @@ async def predict(service: Service, body: bytes) -> Reply:
 
 
 async def predict_batch(service: Service, body: bytes) -> Reply:
+    service.check_ready()
     req = loads(body)
     features = field(req, "batch_features")
     if isinstance(features, list) and len(features) > service.settings.max_batch_rows:
