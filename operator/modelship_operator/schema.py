@@ -85,6 +85,12 @@ def _default_in_place(obj: Any, schema: Mapping[str, Any]) -> None:
             _default_in_place(item, schema["items"])
 
 
+def re2_anchored(pattern: str) -> str:
+    """A Python regex that ends where RE2's does: RE2's `$` (no multiline) matches only at
+    the very end, Python's also before a trailing newline."""
+    return pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith("\\$") else pattern
+
+
 # ---------------------------------------------------------------------------
 # Structural schema → JSON Schema (draft 4: OpenAPI 3.0's boolean exclusiveMinimum)
 # ---------------------------------------------------------------------------
@@ -101,6 +107,8 @@ def to_json_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = to_json_schema(value)
         elif key in ("anyOf", "allOf", "oneOf"):
             out[key] = [to_json_schema(v) for v in value]
+        elif key == "pattern":
+            out[key] = re2_anchored(value)
         else:
             out[key] = copy.deepcopy(value)
     if schema.get("x-kubernetes-int-or-string"):
@@ -170,10 +178,18 @@ def cel_available() -> bool:
     return True
 
 
+def _cel_matches(text: Any, pattern: Any) -> Any:
+    import re
+
+    import celpy
+
+    return celpy.celtypes.BoolType(re.search(re2_anchored(str(pattern)), str(text)) is not None)
+
+
 @functools.lru_cache(maxsize=256)
 def _cel_program(rule: str) -> Any:
     env = _cel_env()
-    return env.program(env.compile(rule))
+    return env.program(env.compile(rule), functions={"matches": _cel_matches})
 
 
 @functools.lru_cache(maxsize=1)

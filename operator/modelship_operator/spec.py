@@ -38,7 +38,8 @@ class SpecError(ValueError):
 
 
 # ---------------------------------------------------------------------------
-# Patterns (the same as the CRD's patterns and CEL rules)
+# Patterns (the same as the CRD's patterns and CEL rules). Used with fullmatch: in Python
+# `$` also matches before a trailing newline, in the API server's RE2 it does not.
 # ---------------------------------------------------------------------------
 _DURATION_RE = re.compile(r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$")
 _DURATION_PART_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
@@ -64,7 +65,7 @@ MAX_NAME_LENGTH = 52
 
 def parse_duration(text: str) -> float:
     """Seconds in a Go-style duration string such as ``30s``, ``1h30m`` or ``500ms``."""
-    if not isinstance(text, str) or not _DURATION_RE.match(text):
+    if not isinstance(text, str) or not _DURATION_RE.fullmatch(text):
         raise SpecError(f"{text!r} is not a duration such as 30s, 2m or 1h30m")
     return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART_RE.findall(text))
 
@@ -315,7 +316,7 @@ class ModelDeployment:
         name = meta.get("name")
         if not isinstance(name, str) or not name:
             raise SpecError("metadata.name is required")
-        if not _NAME_RE.match(name) or len(name) > MAX_NAME_LENGTH:
+        if not _NAME_RE.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
             raise SpecError(
                 f"metadata.name {name!r} must be a DNS-1035 label of at most {MAX_NAME_LENGTH} "
                 "characters (lower-case letters, digits and '-', starting with a letter)"
@@ -402,7 +403,7 @@ class _Obj:
             raise SpecError(f"{self.path}.{key} must not be empty")
         if max_len is not None and len(v) > max_len:
             raise SpecError(f"{self.path}.{key} must be at most {max_len} characters")
-        if pattern is not None and not pattern.match(v):
+        if pattern is not None and not pattern.fullmatch(v):
             raise SpecError(f"{self.path}.{key} {v!r} is invalid" + (f": {what}" if what else ""))
         return v
 
@@ -476,7 +477,7 @@ def _parse_model(o: _Obj) -> ModelSpec:
         "s3": (_S3_URI_RE, "an s3:// model.uri must have the form s3://BUCKET/KEY"),
     }
     regex, message = checks["http" if scheme == "https" else scheme]
-    if not regex.match(uri):
+    if not regex.fullmatch(uri):
         raise SpecError(f"{message} (got {uri!r})")
     version = o.str("version", None, required=True, min_len=1, max_len=63, pattern=_LABEL_VALUE_RE,
                     what="model.version must be usable as a label value: letters, digits, '-', '_' "
@@ -491,7 +492,7 @@ def _parse_model(o: _Obj) -> ModelSpec:
 def _parse_quantities(o: _Obj, key: str) -> dict[str, Any]:
     values = o.passthrough(key)
     for rname, q in values.items():
-        if isinstance(q, bool) or not isinstance(q, (int, str)) or not _QUANTITY_RE.match(str(q)):
+        if isinstance(q, bool) or not isinstance(q, (int, str)) or not _QUANTITY_RE.fullmatch(str(q)):
             raise SpecError(f"{o.path}.{key}.{rname} {q!r} is not a quantity such as 500m, 2 or 4Gi")
     return values
 
@@ -633,7 +634,7 @@ def _parse_rollout(o: _Obj) -> RolloutSpec:
         if pause_obj is not None:
             duration = pause_obj.str("duration", None, max_len=32)
             pause_obj.done()
-            if duration is not None and not _DURATION_RE.match(duration):
+            if duration is not None and not _DURATION_RE.fullmatch(duration):
                 raise SpecError(f"{o.path}.steps[{i}].pause.duration must be a duration such as 30s, 2m or "
                                 f"1h30m (got {duration!r})")
             pause = PauseSpec(duration=duration)
@@ -646,7 +647,7 @@ def _parse_rollout(o: _Obj) -> RolloutSpec:
     a = o.obj("analysis") or _Obj({}, f"{o.path}.analysis")
     interval = a.str("interval", "30s", max_len=32)
     assert interval is not None
-    if not _DURATION_RE.match(interval):
+    if not _DURATION_RE.fullmatch(interval):
         raise SpecError(f"analysis.interval must be a duration such as 30s or 1m (got {interval!r})")
     if parse_duration(interval) <= 0:
         raise SpecError("analysis.interval must be greater than zero")
@@ -673,7 +674,7 @@ def _parse_rollout(o: _Obj) -> RolloutSpec:
             refs.append(copy.deepcopy(dict(ref)))
         hostnames = []
         for i, h in enumerate(g.list("hostnames", 16)):
-            if not isinstance(h, str) or len(h) > 253 or not _HOSTNAME_RE.match(h):
+            if not isinstance(h, str) or len(h) > 253 or not _HOSTNAME_RE.fullmatch(h):
                 raise SpecError(f"{g.path}.hostnames[{i}] {h!r} is not a host name")
             hostnames.append(h)
         mirror = g.int("mirrorPercent", None, 0, 100)

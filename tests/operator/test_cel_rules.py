@@ -324,3 +324,14 @@ def test_without_jsonschema_the_typed_model_gives_the_verdict(monkeypatch: pytes
     assert schema.validate(BASE) == []
     errors = schema.validate(mutated(setting("spec.server.batching.maxBatchsize", 8)))
     assert errors == ["spec.server.batching has unknown field(s): 'maxBatchsize'"]
+
+
+@pytest.mark.parametrize("path, value", [
+    ("spec.model.version", "1.5.0\n"),  # a CEL matches() rule
+    ("spec.gpu.type", "NVIDIA-L4\n"),  # an OpenAPI pattern
+    ("spec.rollout.steps.1.pause.duration", "2m\n"),
+])
+def test_trailing_newline_fails_like_re2(path: str, value: str) -> None:
+    """Python's `$` matches before a trailing newline, the API server's RE2 does not."""
+    assert schema.validate(mutated(setting(path, value)), cel=True) != []
+    assert schema.re2_anchored("^a$") == "^a\\Z" and schema.re2_anchored("a\\$") == "a\\$"

@@ -299,3 +299,12 @@ def test_model_name_defaults_to_the_object_name() -> None:
     named = copy.deepcopy(MINIMAL)
     named["spec"]["model"]["name"] = "mnist"
     assert ModelDeployment.from_body(named).model_name == "mnist"
+
+
+def test_trailing_newline_is_rejected_like_re2_does() -> None:
+    body = copy.deepcopy(MINIMAL)
+    body["spec"]["model"]["version"] = "1.0.0\n"
+    with pytest.raises(SpecError, match="label value"):
+        ModelDeployment.from_body(body)
+    with pytest.raises(SpecError):
+        parse_duration("30s\n")
