@@ -301,3 +301,23 @@ def test_query_prometheus_reports_bad_queries(prometheus: str) -> None:
         asyncio.run(query_prometheus(prometheus, {"broken": "sum by (code) (increase(x[5s]"}))
     with pytest.raises(ScrapeError):
         asyncio.run(query_prometheus(f"http://127.0.0.1:{_free_port()}", {"q": "up"}, timeout=1))
+
+
+def test_restarted_pod_is_measured_from_its_restart(servers: dict[str, Server], flaky_model_dir: Path,
+                                                    tmp_path: Path) -> None:
+    """A canary pod restarts inside the interval: its counters start again at zero, and the delta
+    must be what the new process served, not a negative or a stale difference."""
+    old = servers["flaky"]
+    before = asyncio.run(scrape([old.metrics_url]))[old.metrics_url]
+    assert isinstance(before, a.Snapshot) and sum(before.requests_by_code().values()) > 60
+    _stop(old.proc)
+    new = servers["flaky"] = _start_server(flaky_model_dir, "2.0.0", tmp_path / "restarted.log")
+    _wait_for(lambda: httpx.get(f"{new.base}/v2/health/ready", timeout=1).status_code == 200,
+              60, "restarted server ready", new.proc)
+    codes = asyncio.run(_drive([new], 60, UNUSUAL_EVERY))
+    assert codes[new.base] == {200: 48, 500: 12}
+    after = asyncio.run(scrape([new.metrics_url]))[new.metrics_url]
+    assert isinstance(after, a.Snapshot)
+    m = a.measure_pods({"fraud-f6e5d4c3b2-5c4b7f9d8-q8w2z": before}, {"fraud-f6e5d4c3b2-5c4b7f9d8-q8w2z": after})
+    assert (m.requests, m.errors) == (60, 12)
+    assert a.judge(m, LIMITS).result == "fail"
