@@ -185,6 +185,8 @@ async def reconcile(body: Mapping[str, Any], kube: KubeAPI, settings: Settings, 
     """
     meta = body.get("metadata") or {}
     result = ReconcileResult(name=str(meta.get("name")), namespace=str(meta.get("namespace")))
+    if meta.get("deletionTimestamp"):  # being deleted (e.g. foreground): recreate nothing
+        return result
     try:
         md = ModelDeployment.from_body(body)
     except SpecError as exc:

@@ -44,8 +44,28 @@ class Env:
     double: ApiServerDouble | None  # None: a real cluster
     log_path: Path
     liveness: str
+    environ: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     shared: dict[str, Any] = field(default_factory=dict)
+
+    def start_operator(self) -> None:
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "modelship_operator", "--kubeconfig", str(self.kubeconfig),
+                 "--liveness", self.liveness], stdout=log, stderr=subprocess.STDOUT, env=self.environ, cwd=ROOT)
+
+    def wait_live(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None and self.process.poll() is None, self.log_tail()
+            try:
+                with urllib.request.urlopen(self.liveness, timeout=2) as rsp:
+                    if rsp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"the liveness endpoint never answered 200\n{self.log_tail()}")
 
     def call(self, fn: Callable[[Kube], Awaitable[T]]) -> T:
         async def go() -> T:
@@ -123,12 +143,9 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         await kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": e.namespace}})
     e.call(setup)
 
-    environ = dict(os.environ, MODELSHIP_NAMESPACES=e.namespace, MODELSHIP_LOG_FORMAT="json",
-                   MODELSHIP_RESYNC_SECONDS="2", MODELSHIP_SERVER_IMAGE="ghcr.io/modelship/server:e2e")
-    with e.log_path.open("w") as log:
-        e.process = subprocess.Popen(
-            [sys.executable, "-m", "modelship_operator", "--kubeconfig", str(kubeconfig),
-             "--liveness", e.liveness], stdout=log, stderr=subprocess.STDOUT, env=environ, cwd=ROOT)
+    e.environ = dict(os.environ, MODELSHIP_NAMESPACES=e.namespace, MODELSHIP_LOG_FORMAT="json",
+                     MODELSHIP_RESYNC_SECONDS="2", MODELSHIP_SERVER_IMAGE="ghcr.io/modelship/server:e2e")
+    e.start_operator()
     try:
         yield e
     finally:
@@ -156,18 +173,7 @@ def deployments(env: Env) -> Callable[[Kube], Awaitable[list[dict]]]:
 
 
 def test_operator_starts_and_reports_live(env: Env) -> None:
-    def probe() -> int:
-        try:
-            with urllib.request.urlopen(env.liveness, timeout=2) as rsp:
-                return rsp.status
-        except OSError:
-            return 0
-
-    deadline = time.monotonic() + 60
-    while probe() != 200 and time.monotonic() < deadline:
-        assert env.process is not None and env.process.poll() is None, env.log_tail()
-        time.sleep(0.2)
-    assert probe() == 200, env.log_tail()
+    env.wait_live()
 
 
 def test_apply_creates_owned_children(env: Env) -> None:
@@ -334,3 +340,23 @@ def test_operator_stops_cleanly_with_structured_logs_and_no_errors(env: Env) -> 
     assert bad == []
     reconciled = [line for line in lines if line["message"].startswith("reconciled")]
     assert reconciled and all(line.get("object", {}).get("namespace") == env.namespace for line in reconciled)
+
+
+def test_restarted_operator_resumes_without_writing(env: Env) -> None:
+    if env.double is None:
+        pytest.skip("real cluster: counting every write needs the API server double's request log")
+    assert env.call(lambda k: k.get(*MD, env.namespace, "retry-me")) is not None
+    mark = len(env.double.writes)
+    env.log_path = env.log_path.with_name("operator-restarted.log")
+    env.start_operator()
+    env.wait_live()
+
+    def resumed() -> bool:
+        return any("Resuming is processed" in line.get("message", "") for line in env.log_lines())
+
+    deadline = time.monotonic() + 30
+    while not resumed() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert resumed(), env.log_tail()
+    time.sleep(2.5)  # past one resync period as well
+    assert env.double.writes[mark:] == []

@@ -320,3 +320,21 @@ def test_status_patch_nulls_removed_keys_and_keeps_equal_ones() -> None:
     desired = {"phase": "Healthy", "stable": {"revision": 2, "version": "a"}, "url": "http://x"}
     assert status_patch(live, desired) == {"canary": None, "stable": {"revision": 2}, "url": "http://x"}
     assert status_patch(desired, copy.deepcopy(desired)) == {}
+
+
+def test_a_modeldeployment_being_deleted_is_left_alone(cluster: Cluster) -> None:
+    cluster.create(example("quickstart-cpu.yaml"))
+    cluster.reconcile("digits")
+    store = cluster.kube.store
+    # Foreground deletion: the API server sets deletionTimestamp and holds the object.
+    store.patch(cluster.md_type, NS, "digits", "application/merge-patch+json",
+                {"metadata": {"finalizers": ["foregroundDeletion"]}})
+    store.delete(cluster.md_type, NS, "digits", "Foreground")
+    for dep in cluster.deployments():
+        store.delete(store.type_for("apps/v1", "Deployment"), NS, dep["metadata"]["name"])
+    mark = len(cluster.kube.writes)
+
+    result = cluster.reconcile("digits")
+
+    assert not result.wrote and cluster.kube.writes_since(mark) == []
+    assert cluster.deployments() == []
