@@ -239,7 +239,8 @@ def test_rbac_is_least_privilege_and_covers_every_child() -> None:
     assert "patch" in grants[("modelship.dev", "modeldeployments/status")]
     assert ("modelship.dev", "modeldeployments/scale") not in grants  # the HPA scales, not us
     assert {"create", "patch"} <= grants[("", "events")]
-    assert not any(r in ("secrets", "configmaps") for _, r in grants)
+    assert {"get", "list"} <= grants[("", "pods")]  # analysis finds the pods it scrapes
+    assert not any(r in ("secrets", "configmaps", "pods/proxy", "pods/exec") for _, r in grants)
 
 
 def test_operator_deployment_is_restricted_and_wired_to_its_settings() -> None:
