@@ -1,6 +1,7 @@
 """Fixtures of the server suite: the example model, its direct forward, a served app."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -27,7 +28,9 @@ def reference(model_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
     """The model's logits from a direct forward pass in this process (no server)."""
     import torch
 
-    module = torch.jit.load(str(model_dir / "model.pt")).eval()
+    with warnings.catch_warnings():  # torch.jit is deprecated but is what the example ships
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(model_dir / "model.pt")).eval()
 
     def forward(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

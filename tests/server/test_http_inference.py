@@ -188,3 +188,21 @@ def test_every_response_carries_version_and_request_id(served: ServerThread) -> 
         fresh = httpx.request(method, url + path, content=body)
         other = httpx.request(method, url + path, content=body)
         assert fresh.headers["x-request-id"] and fresh.headers["x-request-id"] != other.headers["x-request-id"]
+
+
+def test_torch_export_program_served_over_http(model_dir, heldout, reference) -> None:
+    from modelship_server.app import create_app
+    from server_harness import settings_for
+
+    X, _ = heldout
+    app = create_app(settings_for(model_dir, model_uri=(model_dir / "model.pt2").as_uri()))
+    with ServerThread(app) as srv:
+        srv.wait_ready()
+        resp = httpx.post(srv.url + "/v2/models/digits/infer", json={
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [7, 64], "data": X[:7].ravel().tolist()}]})  # fmt: skip
+        assert resp.status_code == 200, resp.text
+        got = np.asarray(resp.json()["outputs"][0]["data"], np.float32).reshape(7, 10)
+        np.testing.assert_allclose(got, reference(X[:7]), **TOL)
+        assert httpx.get(srv.url + "/v2/models/digits").json()["platform"] == "pytorch_torch_export"
+        samples = parse(httpx.get(srv.url + "/metrics").text)
+        assert value(samples, "modelship_model_info", format="torch-export", version="1.0.0") == 1

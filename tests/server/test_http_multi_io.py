@@ -1,0 +1,113 @@
+"""Any signature, not only the example's: two inputs (FP32, INT64), two outputs, over HTTP."""
+from __future__ import annotations
+
+import asyncio
+import json
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from modelship_server.app import create_app
+from server_harness import ServerThread, settings_for
+
+SIGNATURE = {
+    "name": "mixer",
+    "task": "regression",
+    "inputs": [
+        {"name": "a", "datatype": "FP32", "shape": [-1, 3]},
+        {"name": "b", "datatype": "INT64", "shape": [-1, 2]},
+    ],
+    "outputs": [
+        {"name": "total", "datatype": "FP32", "shape": [-1, 1]},
+        {"name": "positives", "datatype": "INT64", "shape": [-1]},
+    ],
+}
+
+
+def expected(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    total = (a * 2).sum(axis=1, keepdims=True) + b.sum(axis=1, keepdims=True).astype(np.float32)
+    return total.astype(np.float32), (b > 0).sum(axis=1)
+
+
+@pytest.fixture(scope="module")
+def mixer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    import torch
+
+    class Mixer(torch.nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            total = (a * 2).sum(dim=1, keepdim=True) + b.sum(dim=1, keepdim=True).to(a.dtype)
+            return total, (b > 0).sum(dim=1)
+
+    out: Path = tmp_path_factory.mktemp("mixer")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(Mixer()), str(out / "model.pt"))
+    (out / "signature.json").write_text(json.dumps(SIGNATURE))
+    app = create_app(settings_for(out, max_batch_size=16, max_delay_ms=5))
+    with ServerThread(app) as srv:
+        srv.wait_ready()
+        yield srv
+
+
+def test_concurrent_v2_requests_with_two_inputs_and_outputs(mixer: ServerThread) -> None:
+    rng = np.random.default_rng(0)
+    cases = []
+    for i in range(40):
+        rows = 1 + i % 4
+        cases.append((rng.integers(-8, 8, (rows, 3)).astype(np.float32) / 4, rng.integers(-5, 5, (rows, 2))))
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=mixer.url, timeout=30) as client:
+            return await asyncio.gather(*(
+                client.post("/v2/models/mixer/infer", json={"inputs": [
+                    {"name": "b", "datatype": "INT64", "shape": list(b.shape), "data": b.ravel().tolist()},
+                    {"name": "a", "datatype": "FP32", "shape": list(a.shape), "data": a.tolist()},
+                ]})
+                for a, b in cases
+            ))  # fmt: skip
+
+    for (a, b), resp in zip(cases, asyncio.run(run())):
+        assert resp.status_code == 200, resp.text
+        outs = {o["name"]: o for o in resp.json()["outputs"]}
+        total, positives = expected(a, b)
+        assert outs["total"]["datatype"] == "FP32" and outs["total"]["shape"] == [len(a), 1]
+        assert outs["positives"]["datatype"] == "INT64" and outs["positives"]["shape"] == [len(a)]
+        np.testing.assert_array_equal(np.asarray(outs["total"]["data"], np.float32).reshape(-1, 1), total)
+        assert outs["positives"]["data"] == positives.tolist()
+
+
+def test_v1_plain_and_metadata_with_named_inputs(mixer: ServerThread) -> None:
+    a = np.array([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]], np.float32)
+    b = np.array([[1, -2], [3, 4]])
+    total, positives = expected(a, b)
+    url = mixer.url
+    v1 = httpx.post(url + "/v1/models/mixer:predict", json={"instances": [
+        {"a": a[i].tolist(), "b": b[i].tolist()} for i in range(2)]}).json()  # fmt: skip
+    assert v1["predictions"] == [{"total": total[i].tolist(), "positives": int(positives[i])} for i in range(2)]
+    one = httpx.post(url + "/predict", json={"features": {"a": a[0].tolist(), "b": b[0].tolist()}}).json()
+    assert one["prediction"] == total[0].tolist() and one["outputs"]["positives"] == int(positives[0])
+    batch = httpx.post(url + "/predict/batch", json={"batch_features": {"a": a.tolist(), "b": b.tolist()}}).json()
+    assert batch["outputs"] == {"total": total.tolist(), "positives": positives.tolist()}
+    meta = httpx.get(url + "/v2/models/mixer").json()
+    assert meta["inputs"] == SIGNATURE["inputs"] and meta["outputs"] == SIGNATURE["outputs"]
+
+
+@pytest.mark.parametrize(
+    "body,words",
+    [
+        ({"inputs": [{"name": "a", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}, "missing inputs"),
+        ({"inputs": [{"name": "a", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]},
+                     {"name": "b", "datatype": "INT64", "shape": [1, 2], "data": [1.5, 2]}]}, "INT64"),
+        ({"inputs": [{"name": "a", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]},
+                     {"name": "b", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}, "datatype"),
+        ({"inputs": [{"name": "a", "datatype": "FP32", "shape": [2, 3], "data": [1, 2, 3, 4, 5, 6]},
+                     {"name": "b", "datatype": "INT64", "shape": [1, 2], "data": [1, 2]}]}, "batch sizes"),
+    ],  # fmt: skip
+)
+def test_multi_input_validation(mixer: ServerThread, body, words) -> None:
+    resp = httpx.post(mixer.url + "/v2/models/mixer/infer", json=body)
+    assert resp.status_code == 400 and words in resp.json()["error"], resp.text

@@ -1,0 +1,98 @@
+"""Pure units: settings from env and flags, signatures, tensor decoding and validation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from modelship_server.__main__ import parse_args
+from modelship_server.codec import check_shape, from_bytes, to_array
+from modelship_server.errors import BadRequest
+from modelship_server.settings import Settings, SettingsError
+from modelship_server.signature import Signature, SignatureError, TensorSpec
+
+
+def test_settings_from_env_and_flags_override_env() -> None:
+    env = {
+        "MODELSHIP_MODEL_URI": "file:///models/m.pt", "MODELSHIP_MODEL_VERSION": "1.4.0",
+        "MODELSHIP_MAX_BATCH_SIZE": "64", "MODELSHIP_MAX_DELAY_MS": "2.5", "MODELSHIP_PRECISION": "bf16",
+        "MODELSHIP_PORT": "9000", "MODELSHIP_TORCH_THREADS": "", "UNRELATED": "x",
+    }  # fmt: skip
+    s = Settings.from_env(env)
+    assert (s.model_uri, s.model_version, s.max_batch_size, s.max_delay_ms, s.precision, s.port) == (
+        "file:///models/m.pt", "1.4.0", 64, 2.5, "bf16", 9000)  # fmt: skip
+    assert s.torch_threads == 0 and s.threads >= 1  # empty means default
+    flags = parse_args(["--max-batch-size", "8", "--port", "8081", "--model-format", "torch-export"], env)
+    assert (flags.max_batch_size, flags.port, flags.model_format, flags.model_version) == (8, 8081, "torch-export", "1.4.0")
+    assert Settings().port == 8080 and Settings().model_format == "auto"
+    assert Settings.env_names()["max_batch_rows"] == "MODELSHIP_MAX_BATCH_ROWS"
+
+
+@pytest.mark.parametrize("env", [
+    {"MODELSHIP_PRECISION": "fp8"}, {"MODELSHIP_DEVICE": "tpu"}, {"MODELSHIP_MAX_BATCH_SIZE": "0"},
+    {"MODELSHIP_MAX_QUEUE": "many"}, {"MODELSHIP_MODEL_FORMAT": "onnx"}, {"MODELSHIP_TIMEOUT_MS": "0"},
+])  # fmt: skip
+def test_invalid_settings_are_rejected(env) -> None:
+    with pytest.raises(SettingsError):
+        Settings.from_env(env)
+
+
+def test_invalid_flag_exits_with_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--precision", "fp8"], {})
+    assert e.value.code == 2 and "precision" in capsys.readouterr().err
+
+
+def test_signature_json_round_trip_and_errors() -> None:
+    obj = {"name": "m", "version": "2", "task": "classification", "labels": ["a", "b"],
+           "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+           "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}]}  # fmt: skip
+    sig = Signature.from_json(obj)
+    assert sig.to_json() == obj and sig.is_classifier and sig.batchable
+    assert not Signature.from_json({**obj, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4]}]}).batchable
+    for bad in (
+        {**obj, "inputs": []},
+        {**obj, "inputs": [{"name": "x", "datatype": "STRING", "shape": [-1]}]},
+        {**obj, "inputs": [{"name": "x", "datatype": "FP32", "shape": [0]}]},
+        {**obj, "outputs": [{"name": "y", "shape": [-1]}]},
+        {**obj, "inputs": [obj["inputs"][0], obj["inputs"][0]]},
+    ):
+        with pytest.raises(SignatureError):
+            Signature.from_json(bad)
+
+
+SPEC = TensorSpec("x", "FP32", (-1, 3))
+INT_SPEC = TensorSpec("n", "UINT8", (-1, 2))
+
+
+def test_to_array_casts_and_validates() -> None:
+    arr = to_array([[1, 2.5, 3]], SPEC, "x")
+    assert arr.dtype == np.float32 and arr.tolist() == [[1.0, 2.5, 3.0]]
+    assert check_shape(arr, SPEC, "x") == 1
+    assert to_array([[1, 255]], INT_SPEC, "n").dtype == np.uint8
+    for data, spec, words in [
+        ([["1", "2", "3"]], SPEC, "strings"),
+        ([[True, False, True]], SPEC, "booleans"),
+        ([[1.0, None, 2.0]], SPEC, "mixed or null"),
+        ([[1.0, 2.0], [3.0]], SPEC, "rectangular"),
+        ([[1e300, 0, 0]], SPEC, "non-finite"),
+        ([[1.5, 2]], INT_SPEC, "floats"),
+        ([[1, 256]], INT_SPEC, "out of range"),
+        ([[-1, 2]], INT_SPEC, "out of range"),
+    ]:
+        with pytest.raises(BadRequest, match=words):
+            to_array(data, spec, "x")
+    for shape in ((3,), (1, 4), (0, 3), (1, 3, 1)):
+        with pytest.raises(BadRequest):
+            check_shape(np.zeros(shape, np.float32), SPEC, "x")
+
+
+def test_binary_tensor_decoding() -> None:
+    raw = np.arange(6, dtype="<f4").tobytes()
+    assert from_bytes(raw, SPEC, "FP32", [2, 3], "x").tolist() == [[0, 1, 2], [3, 4, 5]]
+    with pytest.raises(BadRequest, match="bytes"):
+        from_bytes(raw[:-1], SPEC, "FP32", [2, 3], "x")
+    with pytest.raises(BadRequest, match="datatype"):
+        from_bytes(raw, SPEC, "FP64", [2, 3], "x")
+    inf = np.array([np.inf, 0, 0], "<f4").tobytes()
+    with pytest.raises(BadRequest, match="non-finite"):
+        from_bytes(inf, SPEC, "FP32", [1, 3], "x")
