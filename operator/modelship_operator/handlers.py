@@ -9,8 +9,8 @@ Quiet steady state: kopf only calls create/update handlers when the object's ess
 labels, annotations) changes, our handlers return nothing (nothing goes into status), kopf's
 own handler-success events are switched off (posting level WARNING), and the periodic resync
 is our own task rather than a kopf timer (kopf timers and daemons add a finalizer). kopf keeps
-its default annotation storages: `kopf.zalando.org/last-handled-configuration` is written once
-per handled spec change, progress annotations only while a handler is being retried.
+its state in annotations only (never in status): `kopf.zalando.org/last-handled-configuration`
+is written once per handled change, progress annotations only while a handler is retried.
 No finalizer is ever added (no on.delete handler, no timers/daemons): ownerReferences let the
 garbage collector remove the children.
 """
@@ -108,6 +108,10 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     ks = kopf.OperatorSettings()
     ks.posting.level = logging.WARNING  # no "Handler succeeded" events on every change
     ks.posting.reporting_component = settings.field_manager
+    # kopf keeps its retry bookkeeping in annotations only: status belongs to reconcile
+    # (and the CRD's structural schema would prune a status.kopf stanza anyway).
+    ks.persistence.progress_storage = kopf.AnnotationsProgressStorage()
+    ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage()
     ks.peering.standalone = True  # one replica; leader election is the Deployment's job
     ks.watching.server_timeout = 300  # the API server closes watches; kopf reconnects
     ks.watching.client_timeout = 330

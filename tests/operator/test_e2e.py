@@ -360,3 +360,11 @@ def test_restarted_operator_resumes_without_writing(env: Env) -> None:
     assert resumed(), env.log_tail()
     time.sleep(2.5)  # past one resync period as well
     assert env.double.writes[mark:] == []
+
+
+def test_invalid_settings_stop_the_operator_at_start() -> None:
+    proc = subprocess.run([sys.executable, "-m", "modelship_operator", "--liveness", ""],
+                          env=dict(os.environ, MODELSHIP_LOG_FORMAT="xml"), capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "MODELSHIP_LOG_FORMAT" in proc.stderr
