@@ -54,15 +54,27 @@ def error_reply(e: ServerError) -> Reply:
     return Reply(e.status, dumps({"error": e.message}), headers=headers)
 
 
+MAX_BODY_BYTES = 256 * 1024 * 1024  # far above any MODELSHIP_MAX_BATCH_ROWS request; stops runaway uploads
+
+
+class BodyTooLarge(ServerError):
+    status = 413
+
+
 async def _read_body(receive: Callable[[], Awaitable[dict]]) -> bytes:
     message = await receive()
     body = message.get("body", b"")
     if not message.get("more_body", False):
         return body
     chunks = [body]
+    size = len(body)
     while message.get("more_body", False):
         message = await receive()
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLarge(f"request body larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
     return b"".join(chunks)
 
 
@@ -107,6 +119,10 @@ class ModelshipASGI:
             await self._infer(scope, receive, send, request_id, *route)
             return
         extra = [self._version, (REQUEST_ID, request_id)]
+        if scope["method"] != "POST" and _route("POST", scope["path"]) is not None:
+            await _send_reply(send, Reply(405, dumps({"error": "method not allowed: use POST"}),
+                                          headers=[(b"allow", b"POST")]), extra)  # fmt: skip
+            return
 
         async def send_with_headers(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -138,17 +154,16 @@ class ModelshipASGI:
             reply = Reply(500, dumps({"error": f"internal error: {type(e).__name__}"}))
         finally:
             service.inflight -= 1
-        headers = [
-            (b"content-type", reply.content_type),
-            (b"content-length", str(len(reply.body)).encode()),
-            self._version,
-            (REQUEST_ID, request_id),
-        ]
-        if reply.headers:
-            headers.extend(reply.headers)
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await send({"type": "http.response.body", "body": reply.body})
+        await _send_reply(send, reply, [self._version, (REQUEST_ID, request_id)])
         service.metrics.observe_request(protocol, reply.status, time.perf_counter() - start)
+
+
+async def _send_reply(send: Callable, reply: Reply, extra: list[tuple[bytes, bytes]]) -> None:
+    headers = [(b"content-type", reply.content_type), (b"content-length", str(len(reply.body)).encode()), *extra]
+    if reply.headers:
+        headers.extend(reply.headers)
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
 
 
 __all__ = ["ModelshipASGI", "JSON", "error_reply"]

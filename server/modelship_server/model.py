@@ -254,6 +254,11 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
 
 
+def to_precision(module: Any, dtype: torch.dtype) -> Any:
+    """Cast floating parameters and buffers; inputs are cast in LoadedModel._tensor."""
+    return module if dtype == torch.float32 else module.to(dtype)
+
+
 def pick_device(requested: str) -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -297,8 +302,7 @@ def load_model(settings: Settings) -> LoadedModel:
             module.to(device)
     except Exception as e:
         raise ModelLoadError(f"cannot load {path} as {fmt}: {type(e).__name__}: {e}") from e
-    if dtype != torch.float32:
-        module = module.to(dtype)
+    module = to_precision(module, dtype)
 
     sig_path = Path(settings.signature) if settings.signature else path.parent / SIGNATURE_FILE
     if settings.signature or sig_path.is_file():

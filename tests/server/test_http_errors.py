@@ -93,3 +93,9 @@ def test_server_stays_healthy_after_bad_input_and_counts_no_5xx(served: ServerTh
     samples = parse(httpx.get(served.url + "/metrics").text)
     assert value(samples, "modelship_requests_total", code="400") >= 2 * sum(1 for c in CASES if c[3] == 400 and c[1] != "/predict/nothing")
     assert not any(n == "modelship_requests_total" and dict(ls)["code"].startswith("5") for n, ls in samples)
+
+
+def test_wrong_method_on_an_inference_route_is_405(served: ServerThread) -> None:
+    resp = httpx.get(served.url + "/v2/models/digits/infer")
+    assert resp.status_code == 405 and resp.headers["allow"] == "POST" and "POST" in resp.json()["error"]
+    assert resp.headers["x-request-id"] and resp.headers["x-model-version"] == "1.4.0"

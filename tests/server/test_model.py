@@ -133,3 +133,22 @@ def test_a_model_that_does_not_match_its_signature_fails_warm_up(model_dir, tmp_
     )
     with pytest.raises(ModelLoadError, match="warm-up failed"):
         load_model(settings(str(bad / "model.pt"), tmp_path))
+
+
+def test_reduced_precision_path_runs_on_cpu(model_dir, heldout, reference, tmp_path) -> None:
+    """The fp16/bf16 code path (cast weights and inputs, outputs back to FP32), with bf16 on CPU."""
+    import torch
+
+    from modelship_server.model import LoadedModel, ModelInfo, to_precision
+
+    X, _ = heldout
+    fp32 = load_model(settings(str(model_dir / "model.pt"), tmp_path))
+    module = to_precision(fp32._module, torch.bfloat16)
+    half = LoadedModel(module, fp32.signature, ModelInfo("torchscript", "cpu", "bf16", ""), torch.device("cpu"), torch.bfloat16)
+    half.warmup(8)
+    out = half.predict({"input": X[:50]})["logits"]
+    assert out.dtype == np.float32  # the signature's datatype, whatever the compute precision
+    ref = reference(X[:50])
+    assert not np.array_equal(out, ref)  # really computed in bf16
+    np.testing.assert_allclose(out, ref, atol=0.25 * np.abs(ref).max())
+    assert (out.argmax(1) == ref.argmax(1)).mean() > 0.9
