@@ -13,7 +13,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 from .errors import ServerError
-from .protocols import JSON, Reply, dumps, plain, v1, v2
+from .protocols import Reply, dumps, plain, v1, v2
 from .service import Service
 
 log = logging.getLogger(__name__)
@@ -166,4 +166,4 @@ async def _send_reply(send: Callable, reply: Reply, extra: list[tuple[bytes, byt
     await send({"type": "http.response.body", "body": reply.body})
 
 
-__all__ = ["ModelshipASGI", "JSON", "error_reply"]
+__all__ = ["ModelshipASGI", "error_reply", "new_request_id"]

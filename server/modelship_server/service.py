@@ -5,7 +5,6 @@ Numpy only: the torch side is reached through the model object's predict().
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol

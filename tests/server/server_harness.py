@@ -8,13 +8,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import httpx
-import numpy as np
 import uvicorn
 
-from modelship_server.app import create_app
 from modelship_server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
 from typing import Any
 
 import httpx
 import numpy as np
-import pytest
 
 from server_harness import ServerThread
 from metrics_text import parse, value
