@@ -60,8 +60,10 @@ class Row:
     mean_batch: float | None = None
     requests: int = 0
     failed: int = 0  # non-2xx responses and socket errors
+    errors: dict = field(default_factory=dict)  # wrk's breakdown of `failed`
     server_cpu_cores: float | None = None  # CPU time of the server's process tree / wall time
-    other_cpu_cores: float | None = None  # CPU used by everything else on the machine
+    wrk_cpu_cores: float | None = None  # the load generator's own CPU use
+    other_cpu_cores: float | None = None  # everything else on the machine: the noise
     vs_bare32: float | None = None
 
 
@@ -187,6 +189,21 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def wait_idle(pid: int, timeout: float = 15.0, window: float = 0.2, busy_below: float = 0.05) -> bool:
+    """Wait until the server's CPU use falls below `busy_below` cores over `window` seconds.
+
+    When wrk stops, the requests it had in flight are still queued in the server; the next
+    run must not start (nor metrics be read) until they are done.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        c0, t0 = tree_cpu_seconds(pid), time.monotonic()
+        time.sleep(window)
+        if (tree_cpu_seconds(pid) - c0) / (time.monotonic() - t0) < busy_below:
+            return True
+    return False
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all cores spent not idle, from /proc/stat."""
     parts = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -237,18 +254,47 @@ def request_bodies(x: np.ndarray, rows: int, count: int = 64) -> list[str]:
 
 
 def run_wrk(url: str, lua: Path, duration: float, connections: int, threads: int) -> dict:
+    """One wrk run; its summary (from the Lua `done` hook) plus the CPU seconds wrk used."""
     cmd = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
         "--latency", "--timeout", "30s", "-s", str(lua), url,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
-    for line in proc.stdout.splitlines():
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + duration + 60
+        while True:  # os.wait4 rather than proc.wait: it also reports wrk's CPU use
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise RuntimeError("wrk did not finish in time")
+            time.sleep(0.05)
+        out.seek(0)
+        text = out.read()
+    for line in text.splitlines():
         if line.startswith("WRKJSON "):
-            return json.loads(line[len("WRKJSON ") :])
-    raise RuntimeError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+            return json.loads(line[len("WRKJSON ") :]) | {"cpu_s": usage.ru_utime + usage.ru_stime}
+    raise RuntimeError(f"wrk failed ({proc.returncode}):\n{text}")
 
 
 # ---------------------------------------------------------------- metrics
+
+
+def counts_by_code(metrics_text: str, name: str = "modelship_requests") -> dict[str, float]:
+    """A counter's values summed per `code` label (modelship's requests by HTTP status)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == name:
+            for s in family.samples:
+                if s.name == name + "_total":
+                    code = s.labels.get("code", "?")
+                    out[code] = out.get(code, 0.0) + s.value
+    return out
 
 
 def histogram_sum_count(metrics_text: str, name: str) -> tuple[float, float]:
@@ -285,17 +331,22 @@ def measure_server(
         write_lua(lua, url_path, bodies[load])
         if args.warmup > 0:
             run_wrk(base_url, lua, args.warmup, args.connections, args.wrk_threads)
-        before = histogram_sum_count(http_get(metrics_url)[1], args.batch_metric) if metrics_url else None
+        wait_idle(pid)
+        text0 = http_get(metrics_url)[1] if metrics_url else ""
         cpu0, busy0, t0 = tree_cpu_seconds(pid), machine_busy_seconds(), time.monotonic()
         res = run_wrk(base_url, lua, args.duration, args.connections, args.wrk_threads)
         wall = time.monotonic() - t0
         server_cores = (tree_cpu_seconds(pid) - cpu0) / wall
         machine_cores = (machine_busy_seconds() - busy0) / wall
-        mean_batch = None
-        if before is not None:
-            after = histogram_sum_count(http_get(metrics_url)[1], args.batch_metric)
+        wait_idle(pid)
+        mean_batch, codes = None, {}
+        if metrics_url:
+            text1 = http_get(metrics_url)[1]
+            before, after = (histogram_sum_count(t, args.batch_metric) for t in (text0, text1))
             batches = after[1] - before[1]
             mean_batch = (after[0] - before[0]) / batches if batches else None
+            c0, c1 = counts_by_code(text0), counts_by_code(text1)
+            codes = {k: int(v - c0.get(k, 0)) for k, v in c1.items() if v - c0.get(k, 0)}
         failed = res["status"] + res["connect"] + res["read"] + res["write"] + res["timeout"]
         ok = res["requests"] - res["status"]
         rows.append(
@@ -308,9 +359,11 @@ def measure_server(
                 mean_batch=mean_batch,
                 requests=res["requests"],
                 failed=failed,
+                errors={k: res[k] for k in ("status", "connect", "read", "write", "timeout") if res[k]}
+                | ({"server_codes": codes} if res["status"] else {}),
                 server_cpu_cores=server_cores,
-                # wrk's own CPU is counted as "other" too: it is a client, not the server.
-                other_cpu_cores=max(0.0, machine_cores - server_cores),
+                wrk_cpu_cores=res["cpu_s"] / wall,
+                other_cpu_cores=max(0.0, machine_cores - server_cores - res["cpu_s"] / wall),
             )
         )
         print(f"  {system:<10} {load:<7} {rows[-1].rows_per_s:>12,.0f} rows/s  "
@@ -364,7 +417,7 @@ def add_ratios_and_checks(res: Results) -> None:
         if r.failed:
             res.checks.append({
                 "target": f"{r.system} {r.load}: every request answered 2xx",
-                "measured": f"{r.failed} of {r.requests} failed", "pass": False,
+                "measured": f"{r.failed} of {r.requests} failed {r.errors}", "pass": False,
             })  # fmt: skip
 
 
@@ -379,19 +432,20 @@ def print_table(res: Results) -> None:
           f"{s['connections']} connections  {s['duration']}s per run  "
           f"{res.host['cpus']} CPUs  torch {res.host['torch']}")  # fmt: skip
     head = f"{'system':<10} {'load':<8} {'rows/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>10} " \
-           f"{'x bare32':>9} {'srv cores':>9} {'other cores':>11} {'failed':>7}"  # fmt: skip
+           f"{'x bare32':>9} {'srv cores':>9} {'wrk cores':>9} {'other cores':>11} {'failed':>7}"  # fmt: skip
     print(head)
     print("-" * len(head))
     for r in res.rows:
         print(f"{r.system:<10} {r.load:<8} {r.rows_per_s:>12,.0f} {fmt(r.p50_ms, '.2f'):>8} "
               f"{fmt(r.p99_ms, '.2f'):>8} {fmt(r.mean_batch, '.1f'):>10} {fmt(r.vs_bare32, '.3f'):>9} "
-              f"{fmt(r.server_cpu_cores, '.2f'):>9} {fmt(r.other_cpu_cores, '.2f'):>11} {r.failed:>7}")  # fmt: skip
+              f"{fmt(r.server_cpu_cores, '.2f'):>9} {fmt(r.wrk_cpu_cores, '.2f'):>9} "
+              f"{fmt(r.other_cpu_cores, '.2f'):>11} {r.failed:>7}")  # fmt: skip
     print()
     for c in res.checks:
         print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {c['measured']}")
     busy = [r.other_cpu_cores for r in res.rows if r.other_cpu_cores is not None]
     if busy:
-        print(f"\nnoise: other processes (wrk included) used {min(busy):.2f}..{max(busy):.2f} of "
+        print(f"\nnoise: processes other than the server and wrk used {min(busy):.2f}..{max(busy):.2f} of "
               f"{res.host['cpus']} cores during the server runs; load average before "
               f"{res.host['loadavg_before']}, after {res.host['loadavg_after']}")  # fmt: skip
 
