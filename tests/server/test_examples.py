@@ -143,3 +143,32 @@ def test_quickstart_runs_end_to_end(example_model_dir: Path) -> None:
     assert len(accuracies) == 2 and min(accuracies) > 0.9, out
     assert "cleanly" in out, out
     assert "modelship_" in out, out  # it printed metrics
+
+
+@pytest.mark.slow
+def test_benchmark_script_measures_both_servers(example_model_dir: Path, tmp_path: Path) -> None:
+    """A one-second smoke run of benchmarks/bench_server.py: real wrk load on both servers."""
+    import shutil
+
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install -y wrk)")
+    if importlib.util.find_spec("modelship_server.__main__") is None:
+        pytest.skip("modelship_server has no __main__ yet")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_server.py"), "--model-dir", str(example_model_dir),
+         "--duration", "1", "--warmup", "0", "--connections", "16", "--bare-seconds", "0.2",
+         "--bare-batches", "1,32", "--json", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {(r["system"], r["load"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {("bare", "batch 1"), ("bare", "batch 32"), ("naive", "1-row"),
+                         ("naive", "32-row"), ("modelship", "1-row"), ("modelship", "32-row")}  # fmt: skip
+    for r in rows.values():
+        assert r["rows_per_s"] > 0 and r["failed"] == 0, r
+    assert rows[("bare", "batch 32")]["vs_bare32"] == 1.0
+    # 16 connections of one-row requests: modelship really batched them (from its /metrics).
+    assert rows[("modelship", "1-row")]["mean_batch"] > 1.5
+    assert rows[("modelship", "32-row")]["mean_batch"] >= 32
+    assert "PASS" in proc.stdout or "FAIL" in proc.stdout
