@@ -96,3 +96,19 @@ def test_binary_tensor_decoding() -> None:
     inf = np.array([np.inf, 0, 0], "<f4").tobytes()
     with pytest.raises(BadRequest, match="non-finite"):
         from_bytes(inf, SPEC, "FP32", [1, 3], "x")
+
+
+def test_response_serialisation_handles_any_numpy_output() -> None:
+    from modelship_server.protocols import dumps
+
+    strided = np.arange(12, dtype=np.float32).reshape(4, 3)[:, :2]  # not C-contiguous
+    assert json_loads(dumps({"a": strided, "b": np.float16(0.5), "c": np.int64(3)})) == {
+        "a": strided.tolist(), "b": 0.5, "c": 3}  # fmt: skip
+    x = np.float32(0.1)  # float32 values print shortest and parse back to the same float32
+    assert np.float32(json_loads(dumps([x]))[0]) == x
+
+
+def json_loads(raw: bytes):
+    import json
+
+    return json.loads(raw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
 from ..errors import BadRequest
@@ -29,8 +30,17 @@ def loads(body: bytes | memoryview) -> Any:
         raise BadRequest(f"malformed JSON: {e}") from None
 
 
+def _default(obj: Any) -> Any:
+    """What orjson's numpy support declines (non-contiguous arrays, numpy scalars)."""
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
 def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, option=_DUMP_OPTS)
+    return orjson.dumps(obj, default=_default, option=_DUMP_OPTS)
 
 
 def ok(obj: Any) -> Reply:
