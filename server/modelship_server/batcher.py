@@ -51,6 +51,9 @@ class BatchObserver(Protocol):
 
     def on_batch(self, rows: int, compute_s: float) -> None: ...
 
+    def on_split(self) -> None:
+        """A batched call failed and its requests were re-run one by one."""
+
 
 _QUEUED, _RUNNING, _DONE = 0, 1, 2
 
@@ -248,14 +251,16 @@ class Batcher:
         self._running_rows = rows
         assert self._loop is not None
         try:
-            outcomes, compute_s = await self._loop.run_in_executor(
+            outcomes, compute_s, split = await self._loop.run_in_executor(
                 self._executor, self._compute, [item.payload for item in batch]
             )
         except Exception as e:  # the executor itself failed (e.g. shut down)
-            outcomes, compute_s = [(False, e)] * len(batch), 0.0
+            outcomes, compute_s, split = [(False, e)] * len(batch), 0.0, False
         self._running_rows = 0
         if self._observer is not None:
             self._observer.on_batch(rows, compute_s)
+            if split:
+                self._observer.on_split()
         for item, (ok, value) in zip(batch, outcomes):
             if item.timer is not None:
                 item.timer.cancel()
@@ -267,9 +272,10 @@ class Batcher:
             else:
                 item.future.set_exception(_as_server_error(value))
 
-    def _compute(self, payloads: list[Any]) -> tuple[list[tuple[bool, Any]], float]:
+    def _compute(self, payloads: list[Any]) -> tuple[list[tuple[bool, Any]], float, bool]:
         """On the worker thread: the batched call, or on failure each payload alone."""
         start = time.perf_counter()
+        split = False
         try:
             results = self._predict(payloads)
             if len(results) != len(payloads):
@@ -280,13 +286,14 @@ class Batcher:
                 outcomes = [(False, e)]
             else:
                 # Isolate the offender: only the request that fails on its own gets an error.
+                split = True
                 outcomes = []
                 for payload in payloads:
                     try:
                         outcomes.append((True, self._predict([payload])[0]))
                     except Exception as single:
                         outcomes.append((False, single))
-        return outcomes, time.perf_counter() - start
+        return outcomes, time.perf_counter() - start, split
 
 
 def _as_server_error(e: BaseException) -> ServerError:

@@ -43,6 +43,11 @@ class Metrics:
             "modelship_batch_size_rows", "Rows per forward pass.",
             ["model", "version"], buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
+        self.batch_splits = Counter(
+            "modelship_batch_splits",
+            "Batched forward passes that raised and were re-run request by request (a bad input, or a model bug).",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
         self.queue_depth = Gauge("modelship_queue_depth_rows", "Rows waiting in the batching queue.", registry=r)
         self.inflight = Gauge("modelship_inflight_requests", "Inference requests being handled.", registry=r)
         self.ready = Gauge("modelship_ready", "1 when the model is loaded, warmed and not shutting down.", registry=r)
@@ -57,7 +62,7 @@ class Metrics:
         """Bind label children once the model's name and version are known (hot path: no lookups)."""
         old = getattr(self, "model", None), getattr(self, "version", None)
         if old[0] is not None and old != (model, version):
-            for hist in (self.queue_wait, self.compute, self.batch_size):
+            for hist in (self.queue_wait, self.compute, self.batch_size, self.batch_splits):
                 try:
                     hist.remove(*old)  # no empty series under the pre-load identity
                 except KeyError:
@@ -68,6 +73,7 @@ class Metrics:
         self.queue_wait_child = self.queue_wait.labels(model, version)
         self.compute_child = self.compute.labels(model, version)
         self.batch_size_child = self.batch_size.labels(model, version)
+        self.batch_splits_child = self.batch_splits.labels(model, version)
 
     def observe_request(self, protocol: str, code: int, seconds: float) -> None:
         key = (protocol, code)
@@ -87,6 +93,9 @@ class Metrics:
     def on_batch(self, rows: int, compute_s: float) -> None:
         self.batch_size_child.observe(rows)
         self.compute_child.observe(compute_s)
+
+    def on_split(self) -> None:
+        self.batch_splits_child.inc()
 
     def track(self, queue_depth: Callable[[], float], inflight: Callable[[], float], ready: Callable[[], float]) -> None:
         """Gauges read at scrape time: nothing to update on the hot path."""

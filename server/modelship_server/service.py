@@ -89,6 +89,7 @@ class Service:
         self._first_input = sig.inputs[0].name
         self._first_output = sig.outputs[0].name
         self._classifier = sig.is_classifier
+        self._has_dynamic_row_dims = any(-1 in spec.row_shape for spec in sig.inputs)
         batcher = Batcher(
             self._run_batch,
             # A model without a dynamic batch dimension takes one request per call.
@@ -151,6 +152,18 @@ class Service:
         if len(payloads) == 1:
             feed = payloads[0]
         else:
+            if self._has_dynamic_row_dims:
+                # Rows of different trailing shapes (e.g. sequence lengths) cannot stack:
+                # one forward pass per shape group, results back in request order.
+                groups: dict[tuple, list[int]] = {}
+                for i, p in enumerate(payloads):
+                    groups.setdefault(tuple(p[n].shape[1:] for n in self._input_names), []).append(i)
+                if len(groups) > 1:
+                    results: list[Result] = [None] * len(payloads)  # type: ignore[list-item]
+                    for members in groups.values():
+                        for i, r in zip(members, self._run_batch([payloads[i] for i in members])):
+                            results[i] = r
+                    return results
             feed = {n: np.concatenate([p[n] for p in payloads]) for n in self._input_names}
         out = self.model.predict(feed)
         probs = classes = None

@@ -61,6 +61,24 @@ class Recorder:
         return [p * 2 for p in payloads]
 
 
+class Seen:
+    """A BatchObserver that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self.batches: list[int] = []
+        self.splits = 0
+
+    def on_dispatch(self, queue_wait_s: float) -> None:
+        self.waits.append(queue_wait_s)
+
+    def on_batch(self, rows: int, compute_s: float) -> None:
+        self.batches.append(rows)
+
+    def on_split(self) -> None:
+        self.splits += 1
+
+
 async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
     """Yield to the loop (and the worker thread) until condition() holds."""
     loop = asyncio.get_running_loop()
@@ -99,8 +117,8 @@ def test_size_flush_without_waiting_for_delay() -> None:
 
 def test_delay_counts_from_the_oldest_request() -> None:
     async def main() -> None:
-        clock, rec = FakeClock(), Recorder()
-        b = make(rec, clock, max_batch_size=100, max_delay=0.010)
+        clock, rec, seen = FakeClock(), Recorder(), Seen()
+        b = make(rec, clock, max_batch_size=100, max_delay=0.010, observer=seen)
         first = asyncio.ensure_future(b.submit(1, 1))
         await settle()
         clock.advance(0.006)
@@ -113,6 +131,7 @@ def test_delay_counts_from_the_oldest_request() -> None:
         clock.advance(0.001)  # 10 ms after the oldest, 4 ms after the newest: flush both
         assert await asyncio.wait_for(asyncio.gather(first, second), 3) == [2, 4]
         assert rec.calls == [[1, 2]]
+        assert seen.waits == pytest.approx([0.010, 0.004]) and seen.batches == [2]
         await b.drain()
 
     asyncio.run(main())
@@ -182,14 +201,15 @@ def test_timeout_answers_504_and_drops_queued_work() -> None:
 
 def test_one_failing_request_does_not_fail_its_batch_mates() -> None:
     async def main() -> None:
-        clock, rec = FakeClock(), Recorder(bad=7)
-        b = make(rec, clock, max_batch_size=3)
+        clock, rec, seen = FakeClock(), Recorder(bad=7), Seen()
+        b = make(rec, clock, max_batch_size=3, observer=seen)
         tasks = [asyncio.ensure_future(b.submit(p, 1)) for p in (1, 7, 3)]
         results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 3)
         assert results[0] == 2 and results[2] == 6
         assert isinstance(results[1], InferenceFailed)
         assert "cannot handle this one" in results[1].message
         assert rec.calls == [[1, 7, 3], [1], [7], [3]]
+        assert seen.batches == [3] and seen.splits == 1 and len(seen.waits) == 3
         await b.drain()
 
     asyncio.run(main())

@@ -111,3 +111,43 @@ def test_v1_plain_and_metadata_with_named_inputs(mixer: ServerThread) -> None:
 def test_multi_input_validation(mixer: ServerThread, body, words) -> None:
     resp = httpx.post(mixer.url + "/v2/models/mixer/infer", json=body)
     assert resp.status_code == 400 and words in resp.json()["error"], resp.text
+
+
+def test_requests_with_different_sequence_lengths_batch_by_shape(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A dynamic non-batch dimension: requests of different lengths still share the queue."""
+    import torch
+
+    class MeanPool(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=1)
+
+    out: Path = tmp_path_factory.mktemp("pool")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(MeanPool()), str(out / "model.pt"))
+    (out / "signature.json").write_text(json.dumps({
+        "name": "pool", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, -1, 2]}],
+        "outputs": [{"name": "mean", "datatype": "FP32", "shape": [-1, 2]}]}))  # fmt: skip
+    rng = np.random.default_rng(1)
+    cases = [rng.normal(size=(1 + i % 2, 1 + i % 3, 2)).astype(np.float32) for i in range(24)]
+    with ServerThread(create_app(settings_for(out, max_batch_size=32, max_delay_ms=20))) as srv:
+        srv.wait_ready()
+
+        async def run() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+                return await asyncio.gather(*(
+                    client.post("/v2/models/pool/infer", json={"inputs": [
+                        {"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]})
+                    for x in cases))  # fmt: skip
+
+        for x, resp in zip(cases, asyncio.run(run())):
+            assert resp.status_code == 200, resp.text
+            got = np.asarray(resp.json()["outputs"][0]["data"], np.float32).reshape(len(x), 2)
+            np.testing.assert_allclose(got, x.mean(axis=1), rtol=1e-6, atol=1e-6)
+        from metrics_text import parse, value
+
+        samples = parse(httpx.get(srv.url + "/metrics").text)
+        assert value(samples, "modelship_batch_size_rows_sum") == sum(len(x) for x in cases)
+        assert value(samples, "modelship_batch_size_rows_count") < len(cases)  # requests shared batches
+        # Mixed lengths were grouped, not failed as one batch and re-run request by request.
+        assert value(samples, "modelship_batch_splits_total") == 0
