@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -36,6 +37,16 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str]) -> Settings:
         raise  # unreachable: p.error exits
 
 
+def freeze_heap() -> None:
+    """Move everything alive once the model is loaded out of the cyclic GC's reach.
+
+    torch, numpy and FastAPI leave ~200k long-lived objects; a full (gen 2) collection walks
+    them all and stalls the event loop for 50-100 ms, which is the p99 under load.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 class _Server(uvicorn.Server):
     """uvicorn's graceful shutdown, plus: readiness false and admission closed at SIGTERM."""
 
@@ -66,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.exit_code = 1
             server.should_exit = True
 
-    app = create_app(settings, on_load_failure=on_load_failure)
+    app = create_app(settings, on_load_failure=on_load_failure, on_ready=freeze_heap)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -32,11 +32,13 @@ def create_app(
     *,
     loader: Loader | None = None,
     on_load_failure: Callable[[BaseException], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> FastAPI:
     """An app serving `model`, or the model `loader(settings)` loads once the socket is up.
 
     Liveness is true at once; readiness only after the model is loaded and warmed.
-    `on_load_failure` lets the process runner exit when the model cannot be loaded.
+    `on_load_failure` lets the process runner exit when the model cannot be loaded;
+    `on_ready` runs (on the event loop) just before readiness turns true.
     """
     service = Service(settings)
     load = loader or default_loader
@@ -45,9 +47,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = None
         if model is not None:
+            if on_ready is not None:
+                on_ready()
             service.attach(model)
         else:
-            task = asyncio.get_running_loop().create_task(_load(service, load, on_load_failure))
+            task = asyncio.get_running_loop().create_task(_load(service, load, on_load_failure, on_ready))
         try:
             yield
         finally:
@@ -77,7 +81,12 @@ class ModelshipApp(FastAPI):
         await self.modelship(scope, receive, send)
 
 
-async def _load(service: Service, load: Loader, on_failure: Callable[[BaseException], None] | None) -> None:
+async def _load(
+    service: Service,
+    load: Loader,
+    on_failure: Callable[[BaseException], None] | None,
+    on_ready: Callable[[], None] | None,
+) -> None:
     loop = asyncio.get_running_loop()
     try:
         model = await loop.run_in_executor(service.executor, load, service.settings)
@@ -89,6 +98,8 @@ async def _load(service: Service, load: Loader, on_failure: Callable[[BaseExcept
         return
     if service.shutting_down:
         return
+    if on_ready is not None:
+        on_ready()
     service.attach(model)
 
 

@@ -26,12 +26,15 @@ def test_live_at_once_ready_only_after_load_and_warm_up(model_dir, heldout) -> N
         loaded.append(model)
         return model
 
-    app = create_app(settings_for(model_dir, max_batch_size=16), loader=gated_loader)
+    ready_when_hooked: list[bool] = []
+    app = create_app(settings_for(model_dir, max_batch_size=16), loader=gated_loader,
+                     on_ready=lambda: ready_when_hooked.append(app.state.service.ready))  # fmt: skip
     with ServerThread(app) as srv:
         try:
             _check_loading_then_ready(srv, X, gate, loaded)
         finally:
             gate.set()  # never leave the loader blocked (shutdown waits for it)
+    assert ready_when_hooked == [False]  # the runner's hook (heap freeze) ran once, before readiness
 
 
 def _check_loading_then_ready(srv: ServerThread, X: np.ndarray, gate: threading.Event, loaded: list) -> None:
