@@ -8,6 +8,7 @@ Writes (the contract the server, tests and quick start rely on):
     DIR/model.pt2        the same model as a torch.export program, dynamic batch dimension
     DIR/signature.json   name, version, task, labels, inputs and outputs (-1 = batch dimension)
     DIR/heldout.npz      X (float32 [n, 64]) and y (int64 [n]) of the held-out split
+    DIR/reference_profile.json   the training inputs' drift reference (modelship_server.drift)
 
 No network is needed (the digits data ship with scikit-learn) and the build takes seconds.
 Same seed, same bytes of weights: training runs on one thread with fixed seeds.
@@ -24,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from modelship_server.drift import build_reference_profile, save_profile
 
 N_FEATURES = 64
 N_CLASSES = 10
@@ -134,6 +137,8 @@ def write_artifacts(model: nn.Module, split: Split, out: Path) -> None:
     save_exported(model, out / "model.pt2")
     (out / "signature.json").write_text(json.dumps(signature(), indent=2) + "\n")
     np.savez(out / "heldout.npz", X=split.x_heldout, y=split.y_heldout)
+    # The server scores input drift against the training inputs, so the profile ships with the model.
+    save_profile(build_reference_profile(split.x_train, input_name="input"), out)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
