@@ -13,11 +13,12 @@ import math
 import posixpath
 import urllib.parse
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
+from .analysis import Verdict
 from .settings import Settings
-from .spec import API_VERSION, KIND, ModelDeployment
+from .spec import API_VERSION, KIND, AnalysisSpec, ModelDeployment
 
 MANAGED_BY = "modelship-operator"
 REVISION_LABEL = "modelship.dev/revision"
@@ -32,6 +33,15 @@ PRE_STOP_SLEEP_S = 5  # lets endpoint controllers drop the pod before SIGTERM ar
 GPU_TAINT_KEY = "nvidia.com/gpu"
 
 CONDITION_TYPES = ("Ready", "Available", "Progressing", "Degraded")
+
+# Manual rollout actions: annotations on the ModelDeployment that the CLI sets. The plan
+# acts on them and lists the ones it consumed in `Plan.consumed_actions`; reconcile then
+# removes exactly those (metadata patch with null) so each request acts once.
+PROMOTE_ANNOTATION = "modelship.dev/promote"  # "step": finish the current step | "full": promote now
+ABORT_ANNOTATION = "modelship.dev/abort"  # any value: abort the canary
+RETRY_ANNOTATION = "modelship.dev/retry"  # any value: restart an aborted canary from step 0
+ACTION_ANNOTATIONS = (PROMOTE_ANNOTATION, ABORT_ANNOTATION, RETRY_ANNOTATION)
+PROMOTE_STEP, PROMOTE_FULL = "step", "full"
 
 
 # --------------------------------------------------------------------------- observed state
@@ -75,10 +85,27 @@ class DeploymentState:
 
 
 @dataclass(frozen=True)
+class AnalysisResult:
+    """One finished analysis window of the canary, measured by reconcile (I/O side).
+
+    Reconcile measures only when `analysis_due(md, now)` says so, over the window from
+    `status.canary.analysis.lastTime` to `time`, and passes the result in `Observed.analysis`.
+    The plan counts a result once: only when `hash` is the current canary's and `time` is
+    later than `status.canary.analysis.lastTime` (then lastTime becomes `time`), so passing
+    the same result again is harmless.
+    """
+
+    hash: str  # the canary revision that was measured
+    time: datetime  # end of the measured window
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
 class Observed:
     deployments: tuple[DeploymentState, ...] = ()
-    httproute_served: bool = False  # HTTPRoute CRD served (for the canary issue)
+    httproute_served: bool = False  # HTTPRoute CRD served: traffic "auto" may use gateway mode
     servicemonitor_served: bool = False  # ServiceMonitor CRD served -> render one
+    analysis: AnalysisResult | None = None  # the latest finished analysis window, if any
 
 
 @dataclass(frozen=True)
@@ -138,6 +165,25 @@ class AutoscalingPlan:
 
 
 @dataclass(frozen=True)
+class RouteBackend:
+    service: str  # the per-role Service `<name>-stable` / `<name>-canary`
+    role: str
+    hash: str  # the revision its Service selects
+    weight: int
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    """Gateway mode: one HTTPRoute `<name>` with weighted backendRefs (and an optional mirror)."""
+
+    parent_refs: tuple[Mapping, ...]
+    hostnames: tuple[str, ...]
+    backends: tuple[RouteBackend, ...]
+    mirror_service: str | None = None  # the canary Service, when mirroring
+    mirror_percent: int | None = None
+
+
+@dataclass(frozen=True)
 class Plan:
     name: str
     namespace: str
@@ -154,6 +200,24 @@ class Plan:
     retain: tuple[str, ...]
     status: Mapping  # the complete desired .status (camelCase, JSON-ready)
     events: tuple[Event, ...] = field(default=())
+    # Rollout (canary) side. Reconcile removes these annotations from the ModelDeployment
+    # after applying the plan: the plan has acted on them.
+    consumed_actions: tuple[str, ...] = ()
+    # Seconds until the next timed thing (a pause ends, an analysis is due); None: nothing timed.
+    requeue_after: float | None = None
+    traffic_mode: str = "replicas"  # replicas | gateway (what was rendered)
+    route: RoutePlan | None = None  # gateway mode: the HTTPRoute and the per-role Services
+    # The analysis to run while the canary takes traffic (None: no analysis now). Pods of
+    # a role are selected by `selector_labels(name) | {REVISION_LABEL: hash}` =
+    # `Plan.pod_selector(role)`; the Deployment is `Plan.revision(role).name`.
+    analysis: AnalysisSpec | None = None
+
+    def revision(self, role: str) -> RevisionPlan | None:
+        return next((r for r in self.revisions if r.role == role), None)
+
+    def pod_selector(self, role: str) -> dict[str, str] | None:
+        rev = self.revision(role)
+        return None if rev is None else {**self.selector, REVISION_LABEL: rev.hash}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -240,6 +304,44 @@ def revision_number(hash_: str, previous: Mapping) -> int:
         seen.append(_int(entry.get("revision")))
     seen.extend(_int(h.get("revision")) for h in previous.get("history") or () if isinstance(h, Mapping))
     return max(seen, default=0) + 1
+
+
+def parse_time(text: Any) -> datetime | None:
+    """A status timestamp (RFC 3339, as `timestamp` writes it) back to an aware datetime."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _aware(now: datetime) -> datetime:
+    return now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+
+
+def next_analysis_at(md: ModelDeployment) -> datetime | None:
+    """When the current analysis window of the canary ends (None: no analysis is running).
+
+    The window starts when the canary first takes traffic (the plan then writes
+    `status.canary.analysis.lastTime` with no verdict) and restarts at each counted result.
+    """
+    canary = _previous_status(md).get("canary") or {}
+    if not canary.get("hash") or canary.get("aborted") or _int(canary.get("weight")) <= 0:
+        return None
+    start = parse_time((canary.get("analysis") or {}).get("lastTime"))
+    if start is None:
+        return None
+    return start + timedelta(seconds=md.spec.rollout.analysis.interval_seconds)
+
+
+def analysis_due(md: ModelDeployment, now: datetime) -> bool:
+    """True when reconcile should measure the canary (`status.canary.hash`) and pass the
+    result to the plan as `Observed.analysis`: a window of `analysis.interval` has passed
+    since `status.canary.analysis.lastTime` while the canary takes traffic and is not aborted."""
+    due = next_analysis_at(md)
+    return due is not None and _aware(now) >= due
 
 
 # --------------------------------------------------------------------------- pod shaping
