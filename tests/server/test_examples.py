@@ -164,11 +164,13 @@ def test_benchmark_script_measures_both_servers(example_model_dir: Path, tmp_pat
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = {(r["system"], r["load"]): r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {("bare", "batch 1"), ("bare", "batch 32"), ("naive", "1-row"),
-                         ("naive", "32-row"), ("modelship", "1-row"), ("modelship", "32-row")}  # fmt: skip
+                         ("naive", "32-row"), ("modelship", "1-row"), ("modelship", "32-row"),
+                         ("modelship", "32-row v2 binary")}  # fmt: skip
     for r in rows.values():
         assert r["rows_per_s"] > 0 and r["failed"] == 0, r
     assert rows[("bare", "batch 32")]["vs_bare32"] == 1.0
     # 16 connections of one-row requests: modelship really batched them (from its /metrics).
     assert rows[("modelship", "1-row")]["mean_batch"] > 1.5
     assert rows[("modelship", "32-row")]["mean_batch"] >= 32
+    assert rows[("modelship", "32-row v2 binary")]["mean_batch"] >= 32
     assert "PASS" in proc.stdout or "FAIL" in proc.stdout
