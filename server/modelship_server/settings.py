@@ -9,6 +9,8 @@ PREFIX = "MODELSHIP_"
 FORMATS = ("auto", "torchscript", "torch-export")
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+AUDIT_LOGS = ("off", "stdout")
+AUDIT_INPUTS = ("none", "digest", "summary", "raw")
 
 
 class SettingsError(ValueError):
@@ -43,6 +45,28 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8080
     log_level: str = "info"
+    # -- monitoring (docs/monitoring.md) --
+    # "" = reference_profile.json next to the model (drift off when there is none); "off";
+    # a path (relative: inside the model's directory) or an http(s):// or s3:// URI.
+    drift_reference: str = ""
+    drift_window: int = 1000  # newest input rows kept for scoring
+    drift_interval_s: float = 30.0  # seconds between drift computations (off the request path)
+    drift_threshold: float = 0.2  # a feature with PSI >= this is flagged
+    drift_ks_threshold: float = 0.0  # also flag KS >= this; 0 = PSI only
+    drift_min_rows: int = 200  # fewer rows in the window: inconclusive, no flags
+    feedback_ttl_s: float = 3600.0  # how long a prediction waits for its ground truth
+    feedback_max_entries: int = 100000  # pending predictions kept; 0 = feedback off
+    feedback_max_rows: int = 1000000  # pending prediction rows kept
+    feedback_window: int = 1000  # matched rows behind the rolling accuracy / MAE
+    # Other pods to ask about an id this pod does not know: host:port list, or a DNS name
+    # (host:port) whose A records are the pods, e.g. a headless Service. "" = none.
+    feedback_peers: str = ""
+    feedback_peer_timeout_ms: float = 500.0
+    audit_log: str = "off"  # off | stdout
+    audit_file: str = ""  # also (or only) append the audit lines to this file
+    audit_sample_rate: float = 1.0  # share of successful requests logged (errors always are)
+    audit_inputs: str = "none"  # none | digest | summary | raw
+    audit_mask: str = ""  # comma-separated field names whose values are written as "***"
 
     def __post_init__(self) -> None:
         checks = [
@@ -56,6 +80,19 @@ class Settings:
             (self.max_batch_rows >= 1, "max_batch_rows must be >= 1"),
             (self.torch_threads >= 0, "torch_threads must be >= 0"),
             (0 <= self.port <= 65535, "port must be in 0..65535"),
+            (self.drift_window >= 1, "drift_window must be >= 1"),
+            (self.drift_interval_s > 0, "drift_interval_s must be > 0"),
+            (self.drift_threshold > 0, "drift_threshold must be > 0"),
+            (0 <= self.drift_ks_threshold <= 1, "drift_ks_threshold must be in 0..1 (0 = off)"),
+            (self.drift_min_rows >= 1, "drift_min_rows must be >= 1"),
+            (self.feedback_ttl_s > 0, "feedback_ttl_s must be > 0"),
+            (self.feedback_max_entries >= 0, "feedback_max_entries must be >= 0 (0 = feedback off)"),
+            (self.feedback_max_rows >= 1, "feedback_max_rows must be >= 1"),
+            (self.feedback_window >= 1, "feedback_window must be >= 1"),
+            (self.feedback_peer_timeout_ms > 0, "feedback_peer_timeout_ms must be > 0"),
+            (self.audit_log in AUDIT_LOGS, f"audit_log must be one of {AUDIT_LOGS}"),
+            (0 <= self.audit_sample_rate <= 1, "audit_sample_rate must be in 0..1"),
+            (self.audit_inputs in AUDIT_INPUTS, f"audit_inputs must be one of {AUDIT_INPUTS}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -64,6 +101,18 @@ class Settings:
     @property
     def threads(self) -> int:
         return self.torch_threads or default_torch_threads()
+
+    @property
+    def audit_enabled(self) -> bool:
+        return self.audit_log != "off" or bool(self.audit_file)
+
+    @property
+    def audit_mask_fields(self) -> list[str]:
+        return [f.strip() for f in self.audit_mask.split(",") if f.strip()]
+
+    @property
+    def feedback_peer_list(self) -> list[str]:
+        return [p.strip() for p in self.feedback_peers.split(",") if p.strip()]
 
     @classmethod
     def env_names(cls) -> dict[str, str]:
