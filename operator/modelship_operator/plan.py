@@ -17,6 +17,16 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
 from .analysis import Verdict
+from .rollout import (  # noqa: F401  (the action names are part of the plan's interface)
+    ABORT_ANNOTATION,
+    ACTION_ANNOTATIONS,
+    PROMOTE_ANNOTATION,
+    PROMOTE_FULL,
+    PROMOTE_STEP,
+    RETRY_ANNOTATION,
+    Event,
+    parse_time,
+)
 from .settings import Settings
 from .spec import API_VERSION, KIND, AnalysisSpec, ModelDeployment
 
@@ -34,14 +44,6 @@ GPU_TAINT_KEY = "nvidia.com/gpu"
 
 CONDITION_TYPES = ("Ready", "Available", "Progressing", "Degraded")
 
-# Manual rollout actions: annotations on the ModelDeployment that the CLI sets. The plan
-# acts on them and lists the ones it consumed in `Plan.consumed_actions`; reconcile then
-# removes exactly those (metadata patch with null) so each request acts once.
-PROMOTE_ANNOTATION = "modelship.dev/promote"  # "step": finish the current step | "full": promote now
-ABORT_ANNOTATION = "modelship.dev/abort"  # any value: abort the canary
-RETRY_ANNOTATION = "modelship.dev/retry"  # any value: restart an aborted canary from step 0
-ACTION_ANNOTATIONS = (PROMOTE_ANNOTATION, ABORT_ANNOTATION, RETRY_ANNOTATION)
-PROMOTE_STEP, PROMOTE_FULL = "step", "full"
 
 
 # --------------------------------------------------------------------------- observed state
@@ -106,13 +108,6 @@ class Observed:
     httproute_served: bool = False  # HTTPRoute CRD served: traffic "auto" may use gateway mode
     servicemonitor_served: bool = False  # ServiceMonitor CRD served -> render one
     analysis: AnalysisResult | None = None  # the latest finished analysis window, if any
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 # --------------------------------------------------------------------------- the plan
@@ -304,17 +299,6 @@ def revision_number(hash_: str, previous: Mapping) -> int:
         seen.append(_int(entry.get("revision")))
     seen.extend(_int(h.get("revision")) for h in previous.get("history") or () if isinstance(h, Mapping))
     return max(seen, default=0) + 1
-
-
-def parse_time(text: Any) -> datetime | None:
-    """A status timestamp (RFC 3339, as `timestamp` writes it) back to an aware datetime."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _aware(now: datetime) -> datetime:
