@@ -1,12 +1,19 @@
 """kubectl-modelship: the command-line companion (also usable as `kubectl modelship ...`).
 
-  render -f FILE   the exact manifests the operator would apply, offline
-  status NAME      a readable summary of a ModelDeployment's status
+  render -f FILE              the exact manifests the operator would apply, offline
+  status NAME                 a readable summary: versions, weights, step, analysis, conditions
+  history NAME                the revisions recorded in status.history
+  promote NAME [--full]       finish the current rollout step (or the whole rollout) now
+  abort NAME                  stop the canary: weight 0, scaled down, phase Degraded
+  retry NAME                  restart an aborted canary from its first step
+  rollback NAME [--to-revision N] [--force]
+                              patch the model back to a history entry (default: the previous one)
 
 `render` goes through the operator's own code path: schema validation, the typed spec,
-`plan` (with nothing observed yet) and `render`. `status` reads the object through
-`modelship_operator.kube`. The rollout issue adds promote/abort/retry/rollback/history as
-further subcommands registered in `build_parser`.
+`plan` (with nothing observed yet) and `render`. The cluster commands read and write through
+`modelship_operator.kube`: promote/abort/retry only set an annotation that the operator acts
+on and then removes; rollback is the one command that patches `spec` (model uri, version,
+format), and it refuses without `--force` when a GitOps tool manages the object.
 """
 from __future__ import annotations
 
@@ -21,12 +28,14 @@ from typing import Any, TextIO
 import yaml
 
 from . import schema
-from .plan import Observed, plan
+from .gitops import gitops_manager
+from .plan import ABORT_ANNOTATION, PROMOTE_ANNOTATION, PROMOTE_FULL, PROMOTE_STEP, RETRY_ANNOTATION, Observed, plan
 from .render import render, to_yaml
 from .settings import Settings
 from .spec import API_VERSION, KIND, ModelDeployment, SpecError
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID = 0, 1, 2
+CLI_FIELD_MANAGER = "kubectl-modelship"
 
 
 class CliError(Exception):
@@ -133,19 +142,22 @@ def format_status(obj: Mapping[str, Any]) -> str:
         + (f"  (traffic: {status['trafficMode']})" if status.get("trafficMode") else "")
     )
     stable = status.get("stable") or {}
+    canary = status.get("canary") or {}
+    canary_weight = int(canary.get("weight") or 0) if canary and not canary.get("aborted") else 0
     if stable:
         lines.append(
             f"  Stable:    revision {_cell(stable.get('revision'))} ({_cell(stable.get('hash'))})"
-            f"  version {_cell(stable.get('version'))}"
+            f"  version {_cell(stable.get('version'))}  weight {100 - canary_weight}%"
             f"  ready {_cell(stable.get('readyReplicas'), '0')}/{_cell(stable.get('replicas'), '0')}"
         )
         lines.append(f"             {_cell(stable.get('uri'))}")
-    canary = status.get("canary") or {}
+    steps = len(((spec.get("rollout") or {}).get("steps")) or ())
     if canary:
+        step = _cell(canary.get("step"), "0") + (f"/{steps}" if steps else "")
         lines.append(
             f"  Canary:    revision {_cell(canary.get('revision'))} ({_cell(canary.get('hash'))})"
             f"  version {_cell(canary.get('version'))}  weight {_cell(canary.get('weight'), '0')}%"
-            f"  step {_cell(canary.get('step'), '0')}"
+            f"  step {step}"
             f"  ready {_cell(canary.get('readyReplicas'), '0')}/{_cell(canary.get('replicas'), '0')}"
             + ("  ABORTED" if canary.get("aborted") else "")
         )
@@ -161,6 +173,8 @@ def format_status(obj: Mapping[str, Any]) -> str:
             if analysis.get("latencyP99Ms") is not None:
                 parts.append(f"p99 {analysis['latencyP99Ms']:.0f} ms")
             parts.append(f"failures {analysis.get('failures', 0)}")
+            if analysis.get("lastTime"):
+                parts.append(f"at {analysis['lastTime']}")
             lines.append("  Analysis:  " + ", ".join(parts))
             if analysis.get("message"):
                 lines.append(f"             {analysis['message']}")
@@ -187,29 +201,48 @@ def format_status(obj: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def fetch_model_deployment(
-    env: Mapping[str, str], name: str, namespace: str | None, kubeconfig: str | None, context: str | None
-) -> dict[str, Any]:
-    from .kube import Connection, Kube, KubeError  # only the cluster commands need the client
+def _connect(env: Mapping[str, str], args: argparse.Namespace) -> Any:
+    """A kube.Kube for the chosen kubeconfig/context, writing as the CLI's field manager."""
+    from .kube import Connection, Kube  # only the cluster commands need the client
 
     try:
-        if kubeconfig or context:
-            connection = Connection.from_kubeconfig(kubeconfig or _kubeconfig(env), context)
+        if args.kubeconfig or args.context:
+            connection = Connection.from_kubeconfig(args.kubeconfig or _kubeconfig(env), args.context)
         else:
             connection = Connection.discover(env)
     except Exception as exc:  # missing/invalid kubeconfig: say so plainly
         raise CliError(f"cannot load Kubernetes credentials: {exc}") from None
-    ns = namespace or connection.namespace
-    kube = Kube(connection)
+    return Kube(connection, field_manager=CLI_FIELD_MANAGER)
+
+
+async def _get(kube: Any, namespace: str, name: str) -> dict[str, Any]:
+    from .kube import KubeError
+
     try:
-        obj = await kube.get(API_VERSION, KIND, ns, name)
+        obj = await kube.get(API_VERSION, KIND, namespace, name)
     except KubeError as exc:
-        raise CliError(f"cannot read {KIND} {ns}/{name}: {exc.message}") from None
-    finally:
-        await kube.close()
+        raise CliError(f"cannot read {KIND} {namespace}/{name}: {exc.message}") from None
     if obj is None:
-        raise CliError(f"{KIND} {ns}/{name} not found")
+        raise CliError(f"{KIND} {namespace}/{name} not found")
     return obj
+
+
+def _on_object(env: Mapping[str, str], args: argparse.Namespace,
+               action: Callable[[Any, str, dict[str, Any]], Any]) -> Any:
+    """Read the named ModelDeployment and run `action(kube, namespace, obj)` on it."""
+    from .kube import KubeError
+
+    async def go() -> Any:
+        kube = _connect(env, args)
+        namespace = args.namespace or kube.connection.namespace
+        try:
+            return await action(kube, namespace, await _get(kube, namespace, args.name))
+        except KubeError as exc:
+            raise CliError(f"{KIND} {namespace}/{args.name}: {exc.message}") from None
+        finally:
+            await kube.close()
+
+    return asyncio.run(go())
 
 
 def _kubeconfig(env: Mapping[str, str]) -> str:
@@ -219,8 +252,145 @@ def _kubeconfig(env: Mapping[str, str]) -> str:
 
 
 def cmd_status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, stdin: TextIO) -> int:
-    obj = asyncio.run(fetch_model_deployment(env, args.name, args.namespace, args.kubeconfig, args.context))
-    out.write(format_status(obj))
+    async def show(kube: Any, namespace: str, obj: dict[str, Any]) -> None:
+        out.write(format_status(obj))
+
+    _on_object(env, args, show)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- history
+
+
+def format_history(obj: Mapping[str, Any]) -> str:
+    """The revisions in status.history, newest first, then what runs now."""
+    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+    lines = [f"{meta.get('namespace', 'default')}/{meta.get('name', '?')}"]
+    rows = [["REVISION", "VERSION", "OUTCOME", "TIME", "HASH", "URI"]]
+    for role in ("canary", "stable"):
+        entry = status.get(role) or {}
+        if entry.get("hash"):
+            outcome = "Aborted (canary)" if role == "canary" and entry.get("aborted") else role.capitalize() + " (now)"
+            rows.append([_cell(entry.get("revision")), _cell(entry.get("version")), outcome, "-",
+                         _cell(entry.get("hash")), _cell(entry.get("uri"))])
+    history = [h for h in status.get("history") or () if isinstance(h, Mapping)]
+    rows += [[_cell(h.get("revision")), _cell(h.get("version")), _cell(h.get("outcome")), _cell(h.get("time")),
+              _cell(h.get("hash")), _cell(h.get("uri"))] for h in reversed(history)]
+    if len(rows) == 1:
+        lines.append("  no revisions recorded yet")
+    else:
+        lines += _table(rows)
+    return "\n".join(lines) + "\n"
+
+
+def cmd_history(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, stdin: TextIO) -> int:
+    async def show(kube: Any, namespace: str, obj: dict[str, Any]) -> None:
+        out.write(format_history(obj))
+
+    _on_object(env, args, show)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- manual actions
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _action(annotation: str, value: str, needs: Callable[[Mapping[str, Any]], str | None], done: str) -> Command:
+    """A command that sets one action annotation (the operator acts on it, then removes it)."""
+
+    def command(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, stdin: TextIO) -> int:
+        async def act(kube: Any, namespace: str, obj: dict[str, Any]) -> None:
+            problem = needs(obj.get("status") or {})
+            if problem:
+                raise CliError(f"{KIND} {namespace}/{args.name}: {problem}")
+            await kube.patch_metadata(API_VERSION, KIND, namespace, args.name,
+                                      annotations={annotation: value(args) if callable(value) else value})
+            out.write(f"{KIND} {namespace}/{args.name}: {done(args) if callable(done) else done}\n")
+
+        _on_object(env, args, act)
+        return EXIT_OK
+
+    return command
+
+
+def _live_canary(status: Mapping[str, Any]) -> str | None:
+    canary = status.get("canary") or {}
+    if not canary.get("hash"):
+        return "there is no canary to act on (no rollout in progress)"
+    if canary.get("aborted"):
+        return "the canary is aborted: use `retry` to restart it, or change the spec"
+    return None
+
+
+def _aborted_canary(status: Mapping[str, Any]) -> str | None:
+    canary = status.get("canary") or {}
+    if not canary.get("hash") or not canary.get("aborted"):
+        return "there is no aborted canary to retry"
+    return None
+
+
+cmd_promote = _action(
+    PROMOTE_ANNOTATION, lambda a: PROMOTE_FULL if a.full else PROMOTE_STEP, _live_canary,
+    lambda a: "full promotion requested" if a.full else "promotion of the current step requested")
+cmd_abort = _action(ABORT_ANNOTATION, lambda a: _now(), _live_canary, "abort requested")
+cmd_retry = _action(RETRY_ANNOTATION, lambda a: _now(), _aborted_canary, "retry requested")
+
+
+# --------------------------------------------------------------------------- rollback
+
+
+def rollback_target(status: Mapping[str, Any], to_revision: int | None) -> Mapping[str, Any]:
+    """The history entry to go back to: the given revision, or the newest one that is not the
+    stable revision now (the previous revision)."""
+    history = [h for h in status.get("history") or () if isinstance(h, Mapping)]
+    current = (status.get("stable") or {}).get("hash")
+    if to_revision is not None:
+        entry = next((h for h in reversed(history) if h.get("revision") == to_revision), None)
+        if entry is None:
+            known = ", ".join(str(h.get("revision")) for h in history) or "none"
+            raise CliError(f"revision {to_revision} is not in status.history (recorded: {known})")
+        return entry
+    entry = next((h for h in reversed(history) if h.get("hash") != current and h.get("uri")), None)
+    if entry is None:
+        raise CliError("status.history holds no previous revision to roll back to")
+    return entry
+
+
+def rollback_patch(obj: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A conditional merge patch of spec.model back to the history entry's uri and version
+    (and format, when recorded): the pod-shaping fields that history keeps."""
+    model: dict[str, Any] = {"uri": entry["uri"], "version": str(entry.get("version") or "")}
+    if entry.get("format"):
+        model["format"] = entry["format"]
+    return {"metadata": {"resourceVersion": (obj.get("metadata") or {}).get("resourceVersion")},
+            "spec": {"model": model}}
+
+
+def cmd_rollback(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, stdin: TextIO) -> int:
+    err: TextIO = args.stderr
+
+    async def act(kube: Any, namespace: str, obj: dict[str, Any]) -> None:
+        entry = rollback_target(obj.get("status") or {}, args.to_revision)
+        manager = gitops_manager(obj)
+        if manager:
+            err.write(f"warning: {KIND} {namespace}/{args.name} is managed by {manager}: a rollback here is "
+                      f"undone at its next sync. Revert the change in Git instead.\n")
+            if not args.force:
+                raise CliError("refusing to patch a GitOps-managed object (use --force to do it anyway)")
+        patch = rollback_patch(obj, entry)
+        current = (obj.get("spec") or {}).get("model") or {}
+        if all(current.get(k) == v for k, v in patch["spec"]["model"].items()):
+            out.write(f"{KIND} {namespace}/{args.name}: spec.model already matches revision "
+                      f"{entry.get('revision')} (version {entry.get('version')}); nothing to do\n")
+            return
+        await kube.patch(API_VERSION, KIND, namespace, args.name, patch)
+        out.write(f"{KIND} {namespace}/{args.name}: rolling back to revision {entry.get('revision')} "
+                  f"(version {entry.get('version')}, {entry.get('uri')})\n")
+
+    _on_object(env, args, act)
     return EXIT_OK
 
 
@@ -256,10 +426,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=cmd_render)
 
-    p = sub.add_parser("status", help="a readable summary of a ModelDeployment's status")
-    p.add_argument("name", help="ModelDeployment name")
-    _cluster_flags(p)
-    p.set_defaults(handler=cmd_status)
+    def named(command: str, help_: str, handler: Command) -> argparse.ArgumentParser:
+        p = sub.add_parser(command, help=help_, description=help_)
+        p.add_argument("name", help="ModelDeployment name")
+        _cluster_flags(p)
+        p.set_defaults(handler=handler)
+        return p
+
+    named("status", "a readable summary of a ModelDeployment's status", cmd_status)
+    named("history", "the revisions recorded in status.history, newest first", cmd_history)
+    p = named("promote", "finish the current rollout step now (e.g. a pause {} waiting for you)", cmd_promote)
+    p.add_argument("--full", action="store_true", help="skip the remaining steps: promote the canary now")
+    named("abort", "abort the canary: weight 0, scaled down, phase Degraded (until retry or a spec change)",
+          cmd_abort)
+    named("retry", "restart an aborted canary from its first step", cmd_retry)
+    p = named("rollback", "patch spec.model back to a revision in status.history (default: the previous "
+              "one); refuses when a GitOps tool manages the object", cmd_rollback)
+    p.add_argument("--to-revision", type=int, metavar="N", help="the revision number to go back to")
+    p.add_argument("--force", action="store_true",
+                   help="patch even when Argo CD or Flux manages the object (it will revert at its next sync)")
     return parser
 
 
@@ -273,6 +458,7 @@ def main(
     env = os.environ if env is None else env
     out, err = stdout or sys.stdout, stderr or sys.stderr
     args = build_parser().parse_args(argv)
+    args.stderr = err
     try:
         return args.handler(args, env, out, stdin or sys.stdin)
     except CliError as exc:

@@ -4,6 +4,10 @@
 - a watch on our child Deployments (by label) → reconcile the owner, so readiness reaches
   status within moments instead of at the next resync.
 - a periodic resync task (settings.resync_seconds) re-reconciles every ModelDeployment.
+- timed wake-ups: after each reconcile, one asyncio task per object sleeps until the plan's
+  `requeue_after` (a pause ends, an analysis window closes) and reconciles it then; a newer
+  reconcile replaces it, a deleted object cancels it. Rollout timing therefore does not depend
+  on the resync period, and the due times come from status, so a restart re-arms them.
 
 Quiet steady state: kopf only calls create/update handlers when the object's essence (spec,
 labels, annotations) changes, our handlers return nothing (nothing goes into status), kopf's
@@ -27,6 +31,7 @@ from typing import Any
 import kopf
 
 from . import kube as kube_mod
+from .canary_metrics import AnalysisMemory
 from .plan import MANAGED_BY
 from .reconcile import INSTANCE_LABEL, MANAGED_BY_LABEL, Discovery, ReconcileResult, reconcile
 from .settings import Settings
@@ -35,6 +40,10 @@ from .spec import API_VERSION, GROUP, KIND, PLURAL, VERSION
 log = logging.getLogger(__name__)
 
 MAX_RETRY_DELAY = 60.0
+# Wake-up bounds: never a hot loop, and never longer than an hour (the resync covers the rest).
+MIN_REQUEUE_S = 0.5
+MAX_REQUEUE_S = 3600.0
+REQUEUE_SLACK_S = 0.05  # wake just after the due time, not a hair before it
 
 
 def utcnow() -> datetime:
@@ -51,6 +60,8 @@ class OperatorState:
     kube: kube_mod.Kube | None = None
     discovery: Discovery = field(default_factory=Discovery)
     resync_task: asyncio.Task | None = None
+    memory: AnalysisMemory = field(default_factory=AnalysisMemory)  # canary analysis baselines
+    wakeups: dict[tuple[str, str], asyncio.Task] = field(default_factory=dict)  # one per object
     _locks: weakref.WeakValueDictionary = field(default_factory=weakref.WeakValueDictionary)
 
     def _lock(self, namespace: str, name: str) -> asyncio.Lock:
@@ -70,8 +81,11 @@ class OperatorState:
         async with self._lock(namespace, name):
             body = await self.kube.get(API_VERSION, KIND, namespace, name)
             if body is None:  # deleted meanwhile: the garbage collector takes the children
+                self.cancel_wakeup(namespace, name)
                 return ReconcileResult(name=name, namespace=namespace)
-            result = await reconcile(body, self.kube, self.settings, self.clock(), discovery=self.discovery)
+            result = await reconcile(body, self.kube, self.settings, self.clock(), discovery=self.discovery,
+                                     memory=self.memory)
+            self.schedule_wakeup(namespace, name, result.requeue_after)
         level = logging.WARNING if result.error else logging.INFO if result.wrote else logging.DEBUG
         log.log(level, "reconciled %s/%s (%s): phase=%s applied=%s pruned=%s status_written=%s events=%s%s",
                 namespace, name, trigger, result.phase, result.applied, result.pruned, result.status_written,
@@ -79,8 +93,44 @@ class OperatorState:
                 extra={"object": {"namespace": namespace, "name": name, "kind": KIND}, "trigger": trigger,
                        "phase": result.phase, "applied": result.applied, "pruned": result.pruned,
                        "status_written": result.status_written,
-                       "events": [e.reason for e in result.events], "error": result.error})
+                       "events": [e.reason for e in result.events], "error": result.error,
+                       "cleared": result.cleared, "requeue_after": result.requeue_after,
+                       "analysis": result.analysis.result if result.analysis else None})
         return result
+
+    def schedule_wakeup(self, namespace: str, name: str, delay: float | None) -> None:
+        """Reconcile the object again after `delay` seconds (None: no timed wake-up needed).
+
+        Replaces any earlier wake-up of the object: the latest reconcile knows best.
+        """
+        self.cancel_wakeup(namespace, name)
+        if delay is None:
+            return
+        delay = min(max(delay + REQUEUE_SLACK_S, MIN_REQUEUE_S), MAX_REQUEUE_S)
+        self.wakeups[(namespace, name)] = asyncio.create_task(
+            self._wake(namespace, name, delay), name=f"modelship-wakeup-{namespace}/{name}")
+
+    def cancel_wakeup(self, namespace: str, name: str) -> None:
+        task = self.wakeups.pop((namespace, name), None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _wake(self, namespace: str, name: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.wakeups.get((namespace, name)) is asyncio.current_task():
+            del self.wakeups[(namespace, name)]  # this task is done waiting; do not cancel itself
+        try:
+            await self.reconcile(namespace, name, "requeue")
+        except kube_mod.KubeError as exc:  # the resync or the next event will catch up
+            log.warning("timed reconcile of %s/%s failed: %s", namespace, name, exc,
+                        extra={"object": {"namespace": namespace, "name": name, "kind": KIND}})
+
+    async def stop_wakeups(self) -> None:
+        tasks = list(self.wakeups.values())
+        self.wakeups.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def resync_forever(self) -> None:
         """Re-reconcile every ModelDeployment we watch, every resync_seconds."""
@@ -146,6 +196,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         if state.resync_task is not None:
             state.resync_task.cancel()
             await asyncio.gather(state.resync_task, return_exceptions=True)
+        await state.stop_wakeups()
         if state.kube is not None:
             await state.kube.close()
 
@@ -159,6 +210,14 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             raise kopf.TemporaryError(str(exc), delay=min(2.0 ** retry, MAX_RETRY_DELAY)) from exc
         except kube_mod.PermanentError as exc:  # e.g. status itself rejected: no hot loop
             raise kopf.PermanentError(str(exc)) from exc
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="forget-deleted")
+    async def on_md_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+        # Not an on.delete handler: that would add a finalizer. Drop the wake-up and baselines.
+        if type == "DELETED":
+            state.cancel_wakeup(body.metadata.namespace, body.metadata.name)
+            if body.metadata.uid:
+                state.memory.forget(body.metadata.uid)
 
     @kopf.on.event("apps", "v1", "deployments", registry=registry, id="child-deployment",
                    labels={MANAGED_BY_LABEL: MANAGED_BY, INSTANCE_LABEL: kopf.PRESENT})

@@ -379,6 +379,21 @@ class Kube:
         )
         return result or {}
 
+    async def patch(
+        self, api_version: str, kind: str, namespace: str | None, name: str, body: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """JSON merge patch of the object under our field manager (what `kubectl patch` does).
+
+        Put `metadata.resourceVersion` in the body to make it conditional: a concurrent change
+        then fails with 409 (TemporaryError) instead of being overwritten.
+        """
+        path = await self.path(api_version, kind, namespace, name)
+        result = await self._request(
+            "PATCH", path, params={"fieldManager": self.field_manager}, body=dict(body),
+            content_type="application/merge-patch+json", what=f"patch {kind} {namespace}/{name}",
+        )
+        return result or {}
+
     async def patch_metadata(
         self, api_version: str, kind: str, namespace: str | None, name: str,
         *, annotations: Mapping[str, str | None] | None = None,

@@ -7,6 +7,7 @@ All API access goes through the `kube` object passed in (kube.Kube or the test d
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -14,8 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from . import canary_metrics
+from .analysis import Verdict
 from .kube import KubeError, PermanentError
-from .plan import MANAGED_BY, DeploymentState, Event, Observed, failed_status, plan
+from .plan import (MANAGED_BY, AnalysisResult, DeploymentState, Event, Observed, Plan, analysis_due,
+                   failed_status, parse_time, plan)
 from .render import render
 from .settings import Settings
 from .spec import API_VERSION, KIND, ModelDeployment, SpecError
@@ -54,6 +58,9 @@ class KubeAPI(Protocol):
                            status_patch: Mapping[str, Any]) -> dict[str, Any]: ...
     async def create_event(self, involved: Mapping[str, Any], type: str, reason: str,
                            message: str) -> dict[str, Any]: ...
+    async def patch_metadata(self, api_version: str, kind: str, namespace: str | None, name: str, *,
+                             annotations: Mapping[str, str | None] | None = None,
+                             labels: Mapping[str, str | None] | None = None) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -81,10 +88,13 @@ class ReconcileResult:
     events: list[Event] = field(default_factory=list)
     phase: str | None = None
     error: str | None = None  # a permanent error, reported in status and an Event
+    analysis: Verdict | None = None  # the canary analysis measured by this reconcile
+    cleared: list[str] = field(default_factory=list)  # action annotations removed
+    requeue_after: float | None = None  # seconds until the plan wants another look
 
     @property
     def wrote(self) -> bool:
-        return bool(self.applied or self.pruned or self.status_written or self.events)
+        return bool(self.applied or self.pruned or self.status_written or self.events or self.cleared)
 
 
 def status_patch(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,26 +186,97 @@ async def _apply_and_prune(kube: KubeAPI, md: ModelDeployment, desired_plan: Any
     return changed
 
 
+# Retry soon when an analysis was due but could not be measured (e.g. the pod list failed).
+ANALYSIS_RETRY_S = 5.0
+
+
+async def _measure(kube: KubeAPI, md: ModelDeployment, settings: Settings, now: datetime,
+                   memory: canary_metrics.AnalysisMemory) -> AnalysisResult | None:
+    """The canary analysis whose window ends now (the plan said it is due), or None on API trouble."""
+    status = md.raw_status if isinstance(md.raw_status, Mapping) else {}
+    canary = status.get("canary") or {}
+    stable = (status.get("stable") or {}).get("hash") or None
+    limits = md.spec.rollout.analysis
+    common = {"namespace": md.namespace, "name": md.name, "canary": str(canary["hash"]), "stable": stable,
+              "now": now}
+    if settings.prometheus_url:
+        started = parse_time((canary.get("analysis") or {}).get("lastTime"))
+        window = (now - started).total_seconds() if started else limits.interval_seconds
+        verdict = await canary_metrics.measure_prometheus(
+            settings.prometheus_url, limits, window_s=max(window, limits.interval_seconds), **common)
+    else:
+        try:
+            verdict = await canary_metrics.measure_scrape(kube, memory, limits, uid=str(md.uid), **common)
+        except KubeError as exc:  # cannot even list the pods: measure at the next reconcile
+            log.warning("analysis of %s/%s: cannot list pods: %s", md.namespace, md.name, exc)
+            return None
+    return AnalysisResult(hash=str(canary["hash"]), time=now, verdict=verdict)
+
+
+async def _baseline(kube: KubeAPI, md: ModelDeployment, desired: Plan, settings: Settings, now: datetime,
+                    memory: canary_metrics.AnalysisMemory) -> None:
+    """Start the scrape window of a canary that takes traffic and has none yet; forget finished ones."""
+    uid = str(md.uid)
+    canary = desired.revision("canary")
+    if desired.analysis is None or canary is None:
+        memory.forget(uid)
+        return
+    if settings.prometheus_url:
+        return
+    stable = desired.revision("stable")
+    stable_hash = stable.hash if stable else None
+    if memory.has_baseline(uid, canary.hash, stable_hash):
+        return
+    try:
+        await canary_metrics.take_baseline(kube, memory, uid=uid, namespace=md.namespace, name=md.name,
+                                           canary=canary.hash, stable=stable_hash, now=now)
+    except KubeError as exc:  # tried again at the next reconcile
+        log.warning("analysis of %s/%s: cannot list pods for a baseline: %s", md.namespace, md.name, exc)
+
+
+async def _clear_actions(kube: KubeAPI, body: Mapping[str, Any], consumed: tuple[str, ...],
+                         result: ReconcileResult) -> None:
+    """Remove the action annotations the plan acted on (after its status is written), so each
+    request acts once. Only metadata is patched, never spec."""
+    present = (body.get("metadata") or {}).get("annotations") or {}
+    gone = [key for key in consumed if key in present]
+    if not gone:
+        return
+    meta = body["metadata"]
+    await kube.patch_metadata(API_VERSION, KIND, meta.get("namespace"), meta["name"],
+                              annotations={key: None for key in gone})
+    result.cleared.extend(gone)
+
+
 async def reconcile(body: Mapping[str, Any], kube: KubeAPI, settings: Settings, now: datetime,
-                    *, discovery: Discovery | None = None) -> ReconcileResult:
+                    *, discovery: Discovery | None = None,
+                    memory: canary_metrics.AnalysisMemory | None = None) -> ReconcileResult:
     """Bring the children and status of one ModelDeployment in line with its spec.
 
     Raises kube.TemporaryError for failures worth retrying; permanent failures end up in
     status (phase Failed, Ready False, Degraded True) and a Warning event instead.
+    `memory` holds the canary analysis baselines between reconciles (one per operator).
     """
     meta = body.get("metadata") or {}
     result = ReconcileResult(name=str(meta.get("name")), namespace=str(meta.get("namespace")))
     if meta.get("deletionTimestamp"):  # being deleted (e.g. foreground): recreate nothing
+        if memory is not None and meta.get("uid"):
+            memory.forget(str(meta["uid"]))
         return result
     try:
         md = ModelDeployment.from_body(body)
     except SpecError as exc:
         return await _fail(kube, body, "InvalidSpec", f"invalid spec: {exc}", now, result)
+    memory = memory if memory is not None else canary_metrics.AnalysisMemory()
+
+    measured = await _measure(kube, md, settings, now, memory) if analysis_due(md, now) else None
+    result.analysis = measured.verdict if measured else None
 
     # A second pass after any write: the status must describe the children as they are now
     # (e.g. the Deployment just created), or the next reconcile would find it stale and write.
     for _ in range(2):
         observed, live_children = await observe(kube, md, discovery or Discovery(ttl=0))
+        observed = dataclasses.replace(observed, analysis=measured)
         desired_plan = plan(md, observed, settings, now)
         try:
             changed = await _apply_and_prune(kube, md, desired_plan, live_children, result)
@@ -207,4 +288,9 @@ async def reconcile(body: Mapping[str, Any], kube: KubeAPI, settings: Settings, 
     result.phase = desired_plan.status.get("phase")
     await _write_status(kube, body, desired_plan.status, result)
     await _emit(kube, body, desired_plan.events, result)
+    await _clear_actions(kube, body, desired_plan.consumed_actions, result)
+    await _baseline(kube, md, desired_plan, settings, now, memory)
+    result.requeue_after = desired_plan.requeue_after
+    if measured is None and analysis_due(md, now) and desired_plan.analysis is not None:
+        result.requeue_after = min(result.requeue_after or ANALYSIS_RETRY_S, ANALYSIS_RETRY_S)
     return result

@@ -660,7 +660,7 @@ def deployment_status(dep: Obj, ready: int) -> Obj:
 
 @dataclass
 class Write:
-    verb: str  # apply | create | delete | patch_status | patch_metadata | event
+    verb: str  # apply | create | delete | patch | patch_status | patch_metadata | event
     kind: str
     namespace: str | None
     name: str
@@ -763,6 +763,16 @@ class KubeDouble:
         result = self._call(lambda: self.store.patch(rtype, namespace, name, "application/merge-patch+json",
                                                      body, subresource="status"), "patch_status", kind)
         self.writes.append(Write("patch_status", kind, namespace, name, body))
+        return result
+
+    async def patch(self, api_version: str, kind: str, namespace: str | None, name: str,
+                    body: Mapping[str, Any]) -> Obj:
+        self._maybe_fail("patch", kind)
+        rtype = self.store.type_for(api_version, kind)
+        patch = copy.deepcopy(dict(body))
+        result = self._call(lambda: self.store.patch(rtype, namespace, name, "application/merge-patch+json",
+                                                     patch), "patch", kind)
+        self.writes.append(Write("patch", kind, namespace, name, patch))
         return result
 
     async def patch_metadata(self, api_version: str, kind: str, namespace: str | None, name: str, *,

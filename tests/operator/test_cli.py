@@ -119,7 +119,7 @@ REALISTIC = {
     "apiVersion": "modelship.dev/v1alpha1",
     "kind": "ModelDeployment",
     "metadata": {"name": "fraud", "namespace": "ml", "generation": 4},
-    "spec": {"replicas": 4},
+    "spec": {"replicas": 4, "rollout": {"steps": [{"setWeight": 25}, {"pause": {}}, {"setWeight": 50}]}},
     "status": {
         "observedGeneration": 4,
         "phase": "Progressing",
@@ -133,7 +133,7 @@ REALISTIC = {
         "canary": {"revision": 4, "hash": "4dd0beef42", "version": "1.5.0", "weight": 25, "step": 1,
                    "replicas": 1, "readyReplicas": 1,
                    "analysis": {"verdict": "Pass", "requests": 420, "errorRate": 0.0024, "latencyP99Ms": 87.4,
-                                "failures": 0, "successes": 3}},
+                                "failures": 0, "successes": 3, "lastTime": "2026-03-01T12:05:00Z"}},
         "conditions": [
             {"type": "Ready", "status": "False", "reason": "RolloutInProgress",
              "message": "revision 4 at 25%", "lastTransitionTime": "2026-03-01T12:00:00Z"},
@@ -155,9 +155,9 @@ def test_format_status_summarises_a_realistic_object() -> None:
     assert "Phase:     Progressing" in text
     assert "URL:       http://fraud.ml.svc.cluster.local:8080" in text
     assert "4 ready / 5 running / 4 wanted" in text
-    assert "Stable:    revision 3 (3be1c0ffee)  version 1.4.0  ready 3/3" in text
-    assert "Canary:    revision 4 (4dd0beef42)  version 1.5.0  weight 25%  step 1  ready 1/1" in text
-    assert "verdict Pass, 420 requests, error rate 0.24%, p99 87 ms, failures 0" in text
+    assert "Stable:    revision 3 (3be1c0ffee)  version 1.4.0  weight 75%  ready 3/3" in text
+    assert "Canary:    revision 4 (4dd0beef42)  version 1.5.0  weight 25%  step 1/3  ready 1/1" in text
+    assert "verdict Pass, 420 requests, error rate 0.24%, p99 87 ms, failures 0, at 2026-03-01T12:05:00Z" in text
     ready_row = next(line for line in lines if line.strip().startswith("Ready "))
     assert ready_row.split()[:3] == ["Ready", "False", "RolloutInProgress"] and "revision 4 at 25%" in ready_row
     history = lines[lines.index("  History:") + 1:]
