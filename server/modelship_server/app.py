@@ -12,7 +12,8 @@ from fastapi import FastAPI
 from . import __version__
 from .asgi import ModelshipASGI
 from .routes import add_routes
-from .service import Model, Service
+from .monitoring import build_monitoring
+from .service import Model, Service, model_path
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,10 @@ async def _load(
     loop = asyncio.get_running_loop()
     try:
         model = await loop.run_in_executor(service.executor, load, service.settings)
+        # The reference profile may be read or downloaded: off the event loop too.
+        monitoring = await loop.run_in_executor(
+            service.executor, build_monitoring, service.settings, model.signature, model_path(model)
+        )
     except Exception as e:
         service.load_error = f"model failed to load: {e}"
         log.error("%s", service.load_error, exc_info=e)
@@ -100,7 +105,7 @@ async def _load(
         return
     if on_ready is not None:
         on_ready()
-    service.attach(model)
+    service.attach(model, monitoring)
 
 
 def service_of(app: Any) -> Service:

@@ -12,9 +12,10 @@ import os
 import time
 from typing import Any, Awaitable, Callable
 
+from .audit import AuditRecord
 from .errors import ServerError
 from .protocols import Reply, dumps, plain, v1, v2
-from .service import Service
+from .service import Call, Service
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,9 @@ class ModelshipASGI:
         service = self.service
         start = time.perf_counter()
         service.inflight += 1
+        call = Call(request_id.decode())
+        body = b""
+        error: str | None = None
         try:
             body = await _read_body(receive)
             if protocol == v2.PROTOCOL:
@@ -144,18 +148,30 @@ class ModelshipASGI:
                     header_length = int(raw) if raw is not None else None
                 except ValueError:
                     header_length = -1  # rejected as out of range by the handler
-                reply = await handler(service, *args, body, header_length)
+                reply = await handler(service, *args, body, header_length, call)
             else:
-                reply = await handler(service, *args, body)
+                reply = await handler(service, *args, body, call)
         except ServerError as e:
             reply = error_reply(e)
+            error = e.message
         except Exception as e:  # a bug: say so, keep serving
             log.exception("unexpected error in %s %s", scope["method"], scope["path"])
-            reply = Reply(500, dumps({"error": f"internal error: {type(e).__name__}"}))
+            error = f"internal error: {type(e).__name__}"
+            reply = Reply(500, dumps({"error": error}))
         finally:
             service.inflight -= 1
         await _send_reply(send, reply, [self._version, (REQUEST_ID, request_id)])
-        service.metrics.observe_request(protocol, reply.status, time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        service.metrics.observe_request(protocol, reply.status, elapsed)
+        monitoring = service.monitoring
+        if monitoring is not None and monitoring.audit is not None:
+            audit = monitoring.audit
+            client = scope.get("client")
+            audit.log(AuditRecord(
+                call.request_id, service.name, service.version, protocol, reply.status, elapsed * 1000.0,
+                call.rows, call.batch_size, client=f"{client[0]}:{client[1]}" if client else None, error=error,
+                inputs=call.inputs if audit.wants_inputs else None, body=body if audit.wants_body else None,
+            ))  # fmt: skip
 
 
 async def _send_reply(send: Callable, reply: Reply, extra: list[tuple[bytes, bytes]]) -> None:

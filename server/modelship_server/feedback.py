@@ -28,6 +28,7 @@ MATCHED, UNKNOWN, EXPIRED, DUPLICATE, INVALID = "matched", "unknown", "expired",
 OUTCOMES = (MATCHED, UNKNOWN, EXPIRED, DUPLICATE, INVALID)
 # What a route should answer for each outcome: a clear JSON body, never an error page.
 HTTP_STATUS = {MATCHED: 200, UNKNOWN: 404, EXPIRED: 404, DUPLICATE: 409, INVALID: 400}
+UNKNOWN_MESSAGE = "no prediction with this request id is known"
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,11 @@ class FeedbackStore:
             self._rows += len(preds)
             self._evict(now)
 
-    def feedback(self, request_id: str, truth: Any) -> FeedbackResult:
-        """Join the ground truth of an earlier request (one label/value per predicted row)."""
+    def feedback(self, request_id: str, truth: Any, count_unknown: bool = True) -> FeedbackResult:
+        """Join the ground truth of an earlier request (one label/value per predicted row).
+
+        `count_unknown=False` answers an unknown id without counting it (a question from a
+        peer pod, or a first look before asking the peers)."""
         now = self._clock()
         with self._lock:
             self._evict(now)
@@ -152,7 +156,9 @@ class FeedbackStore:
             if entry is None:
                 gone = self._gone.get(request_id)
                 if gone is None:
-                    return self._count(UNKNOWN, request_id, "no prediction with this request id is known")
+                    if not count_unknown:
+                        return FeedbackResult(UNKNOWN, request_id, UNKNOWN_MESSAGE)
+                    return self._count(UNKNOWN, request_id, UNKNOWN_MESSAGE)
                 if gone[1] == MATCHED:
                     return self._count(DUPLICATE, request_id, "feedback for this request id was already received")
                 return self._count(EXPIRED, request_id, f"the prediction was dropped before feedback arrived ({gone[1]})")
@@ -270,7 +276,39 @@ class FeedbackStore:
 MAX_FEEDBACK_ITEMS = 1000
 
 
-def answer_feedback(store: FeedbackStore, body: bytes | str, max_items: int = MAX_FEEDBACK_ITEMS) -> tuple[int, dict[str, Any]]:
+def parse_feedback(body: bytes | str, max_items: int = MAX_FEEDBACK_ITEMS) -> tuple[list[tuple[str, Any]], bool] | str:
+    """([(request_id, truth), ...], single?) of a feedback body, or an error message."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return f"feedback body is not valid JSON: {exc}"
+    if isinstance(doc, dict) and "feedback" in doc:
+        items = doc["feedback"]
+        if not isinstance(items, list) or not items:
+            return '"feedback" must be a non-empty list of {"request_id", "truth"} objects'
+        if len(items) > max_items:
+            return f"at most {max_items} feedback items per request, got {len(items)}"
+        parsed = [_item(x, f"feedback[{i}]") for i, x in enumerate(items)]
+        bad = next((p for p in parsed if isinstance(p, str)), None)
+        if bad is not None:
+            return bad
+        return parsed, False  # type: ignore[return-value]
+    one = _item(doc, "feedback")
+    if isinstance(one, str):
+        return one
+    return [one], True
+
+
+def feedback_answer(results: Sequence[tuple[int, dict[str, Any]]], single: bool) -> tuple[int, dict[str, Any]]:
+    """The route's (status, body) from per-item (status, body) answers."""
+    if single:
+        return results[0]
+    matched = sum(1 for _, body in results if body.get("result") == MATCHED)
+    return 200, {"matched": matched, "unmatched": len(results) - matched, "results": [body for _, body in results]}
+
+
+def answer_feedback(store: FeedbackStore, body: bytes | str, max_items: int = MAX_FEEDBACK_ITEMS,
+                    count_unknown: bool = True) -> tuple[int, dict[str, Any]]:  # fmt: skip
     """The feedback routes' whole job: parse a JSON body, join it, return (status, JSON body).
 
     One:  {"request_id": "<x-request-id of the prediction>", "truth": [label or value per row]}
@@ -280,32 +318,12 @@ def answer_feedback(store: FeedbackStore, body: bytes | str, max_items: int = MA
           -> 200 {"matched": n, "unmatched": m, "results": [...]} whatever the outcomes.
     A malformed body is 400 {"error": ...}.
     """
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return 400, {"error": f"feedback body is not valid JSON: {exc}"}
-    if isinstance(doc, dict) and "feedback" in doc:
-        items = doc["feedback"]
-        if not isinstance(items, list) or not items:
-            return 400, {"error": '"feedback" must be a non-empty list of {"request_id", "truth"} objects'}
-        if len(items) > max_items:
-            return 400, {"error": f"at most {max_items} feedback items per request, got {len(items)}"}
-        parsed = [_item(x, f"feedback[{i}]") for i, x in enumerate(items)]
-        bad = next((p for p in parsed if isinstance(p, str)), None)
-        if bad is not None:
-            return 400, {"error": bad}
-        results = [store.feedback(rid, truth) for rid, truth in parsed]  # type: ignore[misc]
-        matched = sum(r.matched for r in results)
-        return 200, {
-            "matched": matched,
-            "unmatched": len(results) - matched,
-            "results": [r.to_dict() for r in results],
-        }
-    one = _item(doc, "feedback")
-    if isinstance(one, str):
-        return 400, {"error": one}
-    result = store.feedback(*one)
-    return result.http_status, result.to_dict()
+    parsed = parse_feedback(body, max_items)
+    if isinstance(parsed, str):
+        return 400, {"error": parsed}
+    items, single = parsed
+    results = [store.feedback(rid, truth, count_unknown) for rid, truth in items]
+    return feedback_answer([(r.http_status, r.to_dict()) for r in results], single)
 
 
 def _item(obj: Any, what: str) -> tuple[str, Any] | str:

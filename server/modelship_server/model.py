@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .drift import PROFILE_FILENAME
 from .settings import Settings
 from .signature import NUMPY_TO_V2, Signature, SignatureError, TensorSpec
 
@@ -72,10 +73,21 @@ def _fetch_remote(uri: str, model_dir: Path, get: Any) -> Path:
     name = Path(urllib.parse.urlparse(uri).path).name or "model.pt"
     target = model_dir / name
     get(uri, target, required=True)
-    # A signature next to the remote model is optional (export programs carry their own).
-    sig_uri = uri.rsplit("/", 1)[0] + "/" + SIGNATURE_FILE
-    get(sig_uri, model_dir / SIGNATURE_FILE, required=False)
+    # A signature next to the remote model is optional (export programs carry their own),
+    # and so is the drift reference profile (no profile: no drift monitoring).
+    base = uri.rsplit("/", 1)[0] + "/"
+    get(base + SIGNATURE_FILE, model_dir / SIGNATURE_FILE, required=False)
+    get(base + PROFILE_FILENAME, model_dir / PROFILE_FILENAME, required=False)
     return target
+
+
+def fetch_file(uri: str, target: Path) -> None:
+    """Download one http(s):// or s3:// file to `target` (ModelLoadError when it fails)."""
+    scheme = urllib.parse.urlparse(uri).scheme
+    if scheme not in ("http", "https", "s3"):
+        raise ModelLoadError(f"unsupported URI scheme {scheme!r} (http, https, s3)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (_s3_get if scheme == "s3" else _http_get)(uri, target, required=True)
 
 
 def _http_get(url: str, target: Path, required: bool) -> None:

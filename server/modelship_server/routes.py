@@ -1,6 +1,8 @@
 """The non-inference routes (health, metadata, metrics) as FastAPI routes; thin."""
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -8,6 +10,7 @@ from starlette.exceptions import HTTPException
 
 from .errors import ServerError
 from .metrics import CONTENT_TYPE
+from .peers import FORWARDED_HEADER, answer_feedback_with_peers
 from .protocols import v2
 from .service import Service
 
@@ -91,6 +94,37 @@ def add_routes(app: FastAPI, service: Service) -> None:
     @app.get("/v1/models/{name}")
     async def v1_model(name: str) -> Response:
         return await _model_ready(name, None)
+
+    # -- monitoring (docs/monitoring.md) ---------------------------------------------------
+    async def _feedback(request: Request) -> Response:
+        monitoring = service.monitoring
+        if monitoring is None:
+            return _not_ready(service, {})
+        if monitoring.feedback is None:
+            return JSONResponse({"error": "feedback is off on this server (MODELSHIP_FEEDBACK_MAX_ENTRIES=0)"}, status_code=404)
+        forwarded = request.headers.get(FORWARDED_HEADER) == "1"
+        status, body = await answer_feedback_with_peers(monitoring.feedback, await request.body(), service.peers, forwarded)
+        return JSONResponse(body, status_code=status)
+
+    @app.post("/feedback")
+    async def feedback(request: Request) -> Response:
+        return await _feedback(request)
+
+    @app.post("/v2/models/{name}/feedback")
+    async def model_feedback(name: str, request: Request) -> Response:
+        service.check_model(name)
+        return await _feedback(request)
+
+    @app.get("/v2/models/{name}/drift")
+    async def model_drift(name: str) -> Response:
+        """A drift computation now (the exported gauges keep their interval)."""
+        service.check_model(name)
+        monitoring = service.monitoring
+        if monitoring is None or monitoring.drift is None:
+            state = monitoring.drift_state if monitoring is not None else "not loaded"
+            return JSONResponse({"error": f"drift monitoring is off ({state})"}, status_code=404)
+        report = await asyncio.to_thread(monitoring.drift.compute)
+        return JSONResponse({"input": monitoring.drift_input, **report.to_dict()})
 
     # -- Prometheus -----------------------------------------------------------------------
     @app.get("/metrics")

@@ -4,6 +4,7 @@ Numpy only: the torch side is reached through the model object's predict().
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,6 +15,9 @@ import numpy as np
 from .batcher import Batcher
 from .errors import NotFound, ShuttingDown, Unavailable
 from .metrics import Metrics
+from .monitoring import Monitoring, build_monitoring
+from .monitoring_metrics import MonitoringCollector
+from .peers import FeedbackPeers
 from .settings import Settings
 from .signature import Signature
 
@@ -36,6 +40,17 @@ class Result:
     outputs: dict[str, np.ndarray]
     probabilities: np.ndarray | None = None  # classification signatures: softmax of the first output
     classes: np.ndarray | None = None  # argmax indices
+    batch_rows: int = 0  # rows in the forward pass this request rode in
+
+
+@dataclass(slots=True)
+class Call:
+    """One inference request as the monitors see it: filled in by Service.infer."""
+
+    request_id: str
+    rows: int = 0
+    batch_size: int = 0  # rows of its forward pass (0: none ran)
+    inputs: dict[str, np.ndarray] | None = None  # decoded tensors (for the audit's digest/summary)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -66,6 +81,15 @@ class Service:
             ready=lambda: 1.0 if self.ready else 0.0,
         )
         self.on_identity: list[Callable[[], None]] = []
+        self.monitoring: Monitoring | None = None
+        self._monitor_stop: asyncio.Event | None = None
+        self._monitor_task: asyncio.Task | None = None
+        peers = settings.feedback_peer_list
+        self.peers = FeedbackPeers(peers, settings.feedback_peer_timeout_ms / 1000.0) if peers else None
+        self.metrics.registry.register(MonitoringCollector(
+            lambda: self.monitoring, lambda: (self.name, self.version),
+            forwarded=(lambda: dict(self.peers.answered)) if self.peers else None,
+        ))  # fmt: skip
 
     @property
     def ready(self) -> bool:
@@ -73,11 +97,19 @@ class Service:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def attach(self, model: Model) -> None:
-        """Serve `model` (loaded and warmed): identity, metrics, batcher. On the event loop."""
+    def attach(self, model: Model, monitoring: Monitoring | None = None) -> None:
+        """Serve `model` (loaded and warmed): identity, metrics, monitors, batcher. On the event loop.
+
+        `monitoring` comes from build_monitoring (it may read files: the loader builds it off
+        the loop); without one, it is built here."""
         sig = model.signature
         s = self.settings
         self.model, self.signature = model, sig
+        if monitoring is None:
+            monitoring = build_monitoring(s, sig, model_path(model))
+        self.monitoring = monitoring
+        self._monitor_stop = asyncio.Event()
+        self._monitor_task = asyncio.get_running_loop().create_task(monitoring.run(self._monitor_stop))
         self.name = s.model_name or sig.name or "model"
         self.version = s.model_version or sig.version or "1"
         self.metrics.set_identity(self.name, self.version)
@@ -117,6 +149,11 @@ class Service:
         if self.batcher is not None:
             await self.batcher.drain()
         self.executor.shutdown(wait=True)
+        if self._monitor_stop is not None and self._monitor_task is not None:
+            self._monitor_stop.set()
+            await self._monitor_task
+        if self.monitoring is not None:
+            self.monitoring.close()  # the audit lines of the drained requests are written first
 
     # -- inference -------------------------------------------------------------------------
 
@@ -138,13 +175,19 @@ class Service:
         if version is not None and version != self.version:
             raise NotFound(f"model {name!r} has no version {version!r} (serving {self.version!r})")
 
-    async def infer(self, inputs: dict[str, np.ndarray], rows: int) -> Result:
+    async def infer(self, inputs: dict[str, np.ndarray], rows: int, call: Call | None = None) -> Result:
         batcher = self.batcher
         if batcher is None:
             raise Unavailable(self.load_error or "model is loading")
         if self.shutting_down:
             raise ShuttingDown()
-        return await batcher.submit(inputs, rows)
+        result = await batcher.submit(inputs, rows)
+        if call is not None:
+            call.rows, call.batch_size, call.inputs = rows, result.batch_rows, inputs
+        if self.monitoring is not None:
+            # Before the response is sent: feedback that races the response still finds it.
+            self.monitoring.observe(call.request_id if call is not None else None, inputs, result)
+        return result
 
     def _run_batch(self, payloads: list[dict[str, np.ndarray]]) -> list[Result]:
         """On the worker thread: stack the requests, one forward pass, split the outputs."""
@@ -171,7 +214,7 @@ class Service:
             probs = softmax(out[self._first_output])
             classes = probs.argmax(axis=-1)
         if len(payloads) == 1:
-            return [Result(out, probs, classes)]
+            return [Result(out, probs, classes, payloads[0][self._first_input].shape[0])]
         sizes = [p[self._first_input].shape[0] for p in payloads]
         cuts = np.cumsum(sizes)[:-1]
         total = sum(sizes)
@@ -183,6 +226,12 @@ class Service:
         p_parts = np.split(probs, cuts) if probs is not None else [None] * len(sizes)
         c_parts = np.split(classes, cuts) if classes is not None else [None] * len(sizes)
         return [
-            Result({name: parts[name][i] for name in parts}, p_parts[i], c_parts[i])
+            Result({name: parts[name][i] for name in parts}, p_parts[i], c_parts[i], total)
             for i in range(len(payloads))
         ]
+
+
+def model_path(model: Model) -> str | None:
+    """The local model file (its directory holds the reference profile), if the model says."""
+    path = getattr(model.info, "path", None)
+    return str(path) if path else None

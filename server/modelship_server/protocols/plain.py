@@ -7,7 +7,7 @@ import numpy as np
 
 from ..codec import check_shape, to_array
 from ..errors import BadRequest
-from ..service import Result, Service
+from ..service import Call, Result, Service
 from . import Reply, field, loads, ok
 
 PROTOCOL = "predict"
@@ -63,20 +63,20 @@ def _body(service: Service, result: Result, single: bool) -> dict[str, Any]:
     return out
 
 
-async def predict(service: Service, body: bytes) -> Reply:
+async def predict(service: Service, body: bytes, call: Call | None = None) -> Reply:
     service.check_ready()
     req = loads(body)
     feed, rows = _feed(service, field(req, "features"), "features", one_row=True)
-    result = await service.infer(feed, rows)
+    result = await service.infer(feed, rows, call)
     return ok(_body(service, result, single=True))
 
 
-async def predict_batch(service: Service, body: bytes) -> Reply:
+async def predict_batch(service: Service, body: bytes, call: Call | None = None) -> Reply:
     service.check_ready()
     req = loads(body)
     features = field(req, "batch_features")
     if isinstance(features, list) and len(features) > service.settings.max_batch_rows:
         raise BadRequest(f"batch_features: {len(features)} rows exceed the limit of {service.settings.max_batch_rows}")
     feed, rows = _feed(service, features, "batch_features", one_row=False)
-    result = await service.infer(feed, rows)
+    result = await service.infer(feed, rows, call)
     return ok(_body(service, result, single=False))

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..codec import check_shape, to_array
 from ..errors import BadRequest
-from ..service import Service
+from ..service import Call, Service
 from . import Reply, loads, ok
 
 PROTOCOL = "v1"
@@ -40,7 +40,7 @@ def _columns(service: Service, req: Any) -> dict[str, Any]:
     return inputs
 
 
-async def predict(service: Service, name: str, body: bytes) -> Reply:
+async def predict(service: Service, name: str, body: bytes, call: Call | None = None) -> Reply:
     service.check_model(name)
     sig = service.signature
     assert sig is not None
@@ -58,7 +58,7 @@ async def predict(service: Service, name: str, body: bytes) -> Reply:
             raise BadRequest("inputs have different row counts")
         rows = n
         feed[spec.name] = arr
-    result = await service.infer(feed, rows)
+    result = await service.infer(feed, rows, call)
     outs = result.outputs
     if len(outs) == 1:
         return ok({"predictions": next(iter(outs.values()))})

@@ -8,7 +8,7 @@ import numpy as np
 from .. import __version__
 from ..codec import check_shape, from_bytes, to_array
 from ..errors import BadRequest
-from ..service import Service
+from ..service import Call, Service
 from . import Reply, dumps, loads, ok
 
 PROTOCOL = "v2"
@@ -129,11 +129,12 @@ def _wanted(service: Service, req: dict[str, Any]) -> list[tuple[str, bool]]:
     return wanted
 
 
-async def infer(service: Service, name: str, version: str | None, body: bytes, header_length: int | None) -> Reply:
+async def infer(service: Service, name: str, version: str | None, body: bytes, header_length: int | None,
+                call: Call | None = None) -> Reply:  # fmt: skip
     service.check_model(name, version)
     req, feed, rows = _decode(service, body, header_length)
     wanted = _wanted(service, req)
-    result = await service.infer(feed, rows)
+    result = await service.infer(feed, rows, call)
     sig = service.signature
     assert sig is not None
     datatypes = {s.name: s.datatype for s in sig.outputs}

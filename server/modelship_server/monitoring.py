@@ -1,0 +1,177 @@
+"""Model monitoring wired into the server: drift, feedback and audit (docs/monitoring.md).
+
+No torch, no FastAPI. `build_monitoring` runs once the model is loaded (on the loader
+thread: it may read or download the reference profile); `Monitoring.observe` is the whole
+request-path cost (a ring-buffer copy and a dict insert); drift is scored by `run` on an
+interval in a worker thread; the audit logger writes from its own thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .audit import AuditLogger
+from .drift import PROFILE_FILENAME, DriftMonitor, DriftReport, PeriodicStats, ProfileError, load_profile, run_periodically
+from .feedback import FeedbackStore
+from .settings import Settings
+from .signature import Signature
+
+log = logging.getLogger(__name__)
+
+REMOTE_SCHEMES = ("http", "https", "s3")
+
+
+@dataclass
+class Monitoring:
+    """The monitors of one served model; any of them may be off (None)."""
+
+    drift: DriftMonitor | None = None
+    drift_input: str = ""  # the input tensor the drift monitor watches
+    drift_state: str = "off"  # on | off | no profile | error: ...
+    drift_interval_s: float = 30.0
+    feedback: FeedbackStore | None = None
+    audit: AuditLogger | None = None
+    classifier: bool = True
+    first_output: str = ""
+    report: DriftReport | None = None  # the last periodic computation
+    periodic: PeriodicStats = field(default_factory=PeriodicStats)
+    observe_errors: int = 0  # inputs the drift monitor could not take (shape mismatch)
+
+    # -- request path (event loop) -------------------------------------------------------
+    def observe(self, request_id: str | None, inputs: Mapping[str, np.ndarray], result: Any) -> None:
+        """A successful inference: its inputs into the drift window, its predictions kept for feedback."""
+        drift = self.drift
+        if drift is not None:
+            x = inputs.get(self.drift_input)
+            if x is not None:
+                try:
+                    drift.observe(x)
+                except ProfileError as e:
+                    self.observe_errors += 1
+                    if self.observe_errors == 1:
+                        log.warning("drift: input %r does not fit the reference profile: %s", self.drift_input, e)
+        store = self.feedback
+        if store is not None and request_id is not None:
+            if self.classifier and result.classes is not None:
+                preds = result.classes
+            else:
+                out = result.outputs[self.first_output]
+                preds = out.reshape(out.shape[0], -1) if out.ndim > 2 else out
+            store.record(request_id, preds)
+
+    # -- off the request path --------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Score drift every interval in a worker thread until `stop` is set."""
+        if self.drift is None:
+            return
+        await run_periodically(self.drift_interval_s, self.drift.compute, on_result=self._set_report,
+                               stop=stop, stats=self.periodic)  # fmt: skip
+
+    def _set_report(self, report: DriftReport) -> None:
+        self.report = report
+        if report.drift:
+            log.warning("drift detected in %d feature(s): %s (psi max %.3f)",
+                        len(report.drifted), ", ".join(report.drifted[:10]), report.psi_max)  # fmt: skip
+
+    def close(self) -> None:
+        if self.audit is not None:
+            self.audit.close()
+
+
+def build_monitoring(settings: Settings, signature: Signature, model_path: str | None) -> Monitoring:
+    """The monitors `settings` ask for. A missing or broken profile turns drift off (logged);
+    it never stops the model from serving."""
+    s = settings
+    mon = Monitoring(
+        drift_interval_s=s.drift_interval_s,
+        classifier=signature.is_classifier,
+        first_output=signature.outputs[0].name,
+    )
+    try:
+        located = locate_profile(s, model_path)
+    except Exception as e:  # noqa: BLE001 - a download error: drift off, said loudly
+        located, mon.drift_state = None, f"error: {e}"
+        log.error("drift monitoring off: cannot fetch the reference profile: %s", e)
+    if located is None:
+        if mon.drift_state == "off" and s.drift_reference != "off":
+            mon.drift_state = "no profile"
+            log.info("drift monitoring off: no %s next to the model", PROFILE_FILENAME)
+    else:
+        try:
+            mon.drift, mon.drift_input = _drift_monitor(s, signature, located)
+            mon.drift_state = "on"
+            log.info("drift monitoring on: input %r, %d features, profile %s", mon.drift_input, mon.drift.width, located)
+        except (ProfileError, OSError, ValueError) as e:
+            mon.drift_state = f"error: {e}"
+            log.error("drift monitoring off: %s", e)
+    if s.feedback_max_entries > 0:
+        mon.feedback = FeedbackStore(
+            s.feedback_ttl_s, s.feedback_max_entries,
+            task="classification" if signature.is_classifier else "regression",
+            window=s.feedback_window, max_rows=s.feedback_max_rows, labels=signature.labels or None,
+        )  # fmt: skip
+    if s.audit_enabled:
+        mon.audit = AuditLogger(
+            path=s.audit_file or None, to_stream=s.audit_log == "stdout", sample_rate=s.audit_sample_rate,
+            include_inputs=s.audit_inputs, mask_fields=s.audit_mask_fields,
+        )  # fmt: skip
+    return mon
+
+
+def locate_profile(settings: Settings, model_path: str | None) -> Path | None:
+    """The local file of the reference profile, downloading a remote one; None when there is none."""
+    ref = settings.drift_reference
+    if ref == "off":
+        return None
+    model_dir = Path(model_path).parent if model_path else None
+    if ref == "":
+        if model_dir is None or not (model_dir / PROFILE_FILENAME).is_file():
+            return None
+        return model_dir / PROFILE_FILENAME
+    parsed = urllib.parse.urlparse(ref)
+    if parsed.scheme in REMOTE_SCHEMES:
+        from .model import fetch_file  # the downloader lives with the model loader (torch is loaded)
+
+        target = Path(settings.model_dir) / "drift" / PROFILE_FILENAME
+        fetch_file(ref, target)
+        return target
+    path = Path(urllib.parse.unquote(parsed.path)) if parsed.scheme == "file" else Path(ref)
+    if not path.is_absolute():
+        if model_dir is None:
+            raise ProfileError(f"relative drift reference {ref!r} but no local model directory")
+        local = model_dir / path
+        model_uri = urllib.parse.urlparse(settings.model_uri)
+        if not local.exists() and model_uri.scheme in REMOTE_SCHEMES:
+            from .model import fetch_file
+
+            fetch_file(settings.model_uri.rsplit("/", 1)[0] + "/" + path.as_posix(), local)
+        path = local
+    if not path.exists():
+        raise ProfileError(f"reference profile {path} not found")
+    return path
+
+
+def _drift_monitor(s: Settings, signature: Signature, path: Path) -> tuple[DriftMonitor, str]:
+    profile = load_profile(path)
+    names = [spec.name for spec in signature.inputs]
+    watched = str(profile.get("input") or names[0])
+    if watched not in names:
+        if len(names) != 1:
+            raise ProfileError(f"the profile describes input {watched!r}; the model's inputs are {names}")
+        watched = names[0]  # one input: the profile's name for it does not matter
+    spec = signature.inputs[names.index(watched)]
+    width = math.prod(spec.row_shape) if all(d >= 0 for d in spec.row_shape) else None
+    if width is not None and width != len(profile["features"]):
+        raise ProfileError(f"input {watched!r} has {width} values per row, the profile {len(profile['features'])} features")
+    monitor = DriftMonitor(
+        profile, window=s.drift_window, threshold=s.drift_threshold,
+        ks_threshold=s.drift_ks_threshold or None, min_rows=s.drift_min_rows,
+    )  # fmt: skip
+    return monitor, watched
