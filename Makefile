@@ -32,3 +32,16 @@ bench: model
 
 clean:
 	rm -rf $(VENV) examples/model .pytest_cache
+
+# Packaging (issue 5). kind-e2e needs Docker, kind, kubectl and helm on the machine.
+.PHONY: api-docs chart-lint kind-e2e
+
+api-docs: install
+	$(BIN)/python scripts/gen_api_reference.py
+
+chart-lint: install
+	cp crds/*.yaml charts/modelship/crds/
+	$(BIN)/python -m pytest -q tests/packaging/test_chart.py tests/packaging/test_alerts.py tests/packaging/test_dashboard.py
+
+kind-e2e: install
+	PYTHON=$(abspath $(BIN)/python) hack/kind-e2e.sh
