@@ -153,7 +153,9 @@ def format_status(obj: Mapping[str, Any]) -> str:
         lines.append(f"             {_cell(stable.get('uri'))}")
     steps = len(((spec.get("rollout") or {}).get("steps")) or ())
     if canary:
-        step = _cell(canary.get("step"), "0") + (f"/{steps}" if steps else "")
+        # status.canary.step is the 0-based index of the step being worked on; shown 1-based
+        index = canary.get("step") if isinstance(canary.get("step"), int) else 0
+        step = f"{min(index + 1, steps)}/{steps}" + (" (done)" if index >= steps else "") if steps else str(index)
         lines.append(
             f"  Canary:    revision {_cell(canary.get('revision'))} ({_cell(canary.get('hash'))})"
             f"  version {_cell(canary.get('version'))}  weight {_cell(canary.get('weight'), '0')}%"

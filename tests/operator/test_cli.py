@@ -156,7 +156,7 @@ def test_format_status_summarises_a_realistic_object() -> None:
     assert "URL:       http://fraud.ml.svc.cluster.local:8080" in text
     assert "4 ready / 5 running / 4 wanted" in text
     assert "Stable:    revision 3 (3be1c0ffee)  version 1.4.0  weight 75%  ready 3/3" in text
-    assert "Canary:    revision 4 (4dd0beef42)  version 1.5.0  weight 25%  step 1/3  ready 1/1" in text
+    assert "Canary:    revision 4 (4dd0beef42)  version 1.5.0  weight 25%  step 2/3  ready 1/1" in text
     assert "verdict Pass, 420 requests, error rate 0.24%, p99 87 ms, failures 0, at 2026-03-01T12:05:00Z" in text
     ready_row = next(line for line in lines if line.strip().startswith("Ready "))
     assert ready_row.split()[:3] == ["Ready", "False", "RolloutInProgress"] and "revision 4 at 25%" in ready_row
@@ -246,3 +246,171 @@ def test_settings_defaults_and_environment() -> None:
 def test_invalid_settings_name_the_variable(key: str, value: str) -> None:
     with pytest.raises(ValueError, match=key):
         Settings.from_env({key: value})
+
+
+# --------------------------------------------------------------------------- rollout commands
+
+
+ROLLING = {
+    "observedGeneration": 4, "phase": "Paused",
+    "stable": {"revision": 3, "hash": "3be1c0ffee", "version": "1.4.0",
+               "uri": "pvc://models/fraud/1.4.0/model.pt", "replicas": 3, "readyReplicas": 3},
+    "canary": {"revision": 4, "hash": "4dd0beef42", "version": "1.5.0", "weight": 25, "step": 1,
+               "uri": "pvc://models/fraud/1.5.0/model.pt", "replicas": 1, "readyReplicas": 1},
+    "history": [
+        {"revision": 1, "hash": "1aaaaaaaaa", "version": "1.2.0", "uri": "pvc://models/fraud/1.2.0/model.pt",
+         "outcome": "Superseded", "time": "2026-01-02T10:00:00Z"},
+        {"revision": 2, "hash": "2bbbbbbbbb", "version": "1.3.0", "uri": "pvc://models/fraud/1.3.0/model.pt",
+         "outcome": "Superseded", "time": "2026-02-01T10:00:00Z"},
+    ],
+}
+
+
+@pytest.fixture
+def api(tmp_path: Path):
+    """The HTTP API server double with the CRD and a ModelDeployment `fraud` mid-rollout."""
+    from apiserver_double import ApiServerDouble
+
+    server = ApiServerDouble()
+    server.start()
+    store = server.store
+    rtype_holder: dict = {}
+
+    def seed() -> None:
+        store.create(store.type_for("apiextensions.k8s.io/v1", "CustomResourceDefinition"), None, load_crd())
+        store.create(store.type_for("v1", "Namespace"), None, {"metadata": {"name": "ml"}})
+        rtype = rtype_holder["md"] = store.type_for("modelship.dev/v1alpha1", "ModelDeployment")
+        body = {"apiVersion": "modelship.dev/v1alpha1", "kind": "ModelDeployment",
+                "metadata": {"name": "fraud", "namespace": "ml"},
+                "spec": {"model": {"uri": "pvc://models/fraud/1.5.0/model.pt", "version": "1.5.0"}, "replicas": 4}}
+        store.create(rtype, "ml", body)
+        store.set_status(rtype, "ml", "fraud", ROLLING)
+
+    server.call(seed)
+    server.kubeconfig = str(server.write_kubeconfig(tmp_path / "kubeconfig", namespace="ml"))
+    server.md = lambda: server.call(lambda: store.get(rtype_holder["md"], "ml", "fraud"))
+    server.set_status = lambda status: server.call(lambda: store.set_status(rtype_holder["md"], "ml", "fraud", status))
+    server.label = lambda labels, annotations=None: server.call(lambda: store.patch(
+        rtype_holder["md"], "ml", "fraud", "application/merge-patch+json",
+        {"metadata": {"labels": labels, "annotations": annotations or {}}}))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_promote_abort_retry_set_the_action_annotations(api) -> None:
+    from modelship_operator.plan import ABORT_ANNOTATION, PROMOTE_ANNOTATION, RETRY_ANNOTATION
+
+    kc = ["--kubeconfig", api.kubeconfig]
+    code, out, err = run(["promote", "fraud", *kc])
+    assert code == 0, err
+    assert "promotion of the current step requested" in out
+    assert api.md()["metadata"]["annotations"][PROMOTE_ANNOTATION] == "step"
+    code, out, err = run(["promote", "fraud", "--full", "-n", "ml", *kc])
+    assert code == 0 and api.md()["metadata"]["annotations"][PROMOTE_ANNOTATION] == "full"
+    code, out, err = run(["abort", "fraud", *kc])
+    assert code == 0 and ABORT_ANNOTATION in api.md()["metadata"]["annotations"]
+    # retry needs an aborted canary
+    code, out, err = run(["retry", "fraud", *kc])
+    assert code == 1 and "no aborted canary" in err
+    assert RETRY_ANNOTATION not in api.md()["metadata"]["annotations"]
+    api.set_status({**ROLLING, "canary": {**ROLLING["canary"], "aborted": True, "weight": 0}})
+    code, out, err = run(["retry", "fraud", *kc])
+    assert code == 0, err
+    assert RETRY_ANNOTATION in api.md()["metadata"]["annotations"]
+    code, out, err = run(["promote", "fraud", *kc])
+    assert code == 1 and "aborted" in err and "retry" in err
+    # writes went through the CLI's own field manager and never touched spec
+    patches = [w for w in api.writes if w.method == "PATCH" and "/modeldeployments/fraud" in w.path]
+    assert len(patches) == 4 and all(w.user_agent == "kubectl-modelship" for w in patches)
+    assert api.md()["metadata"]["generation"] == 1
+
+
+def test_actions_without_a_canary_are_refused(api) -> None:
+    api.set_status({k: v for k, v in ROLLING.items() if k != "canary"})
+    for command in ("promote", "abort"):
+        code, out, err = run([command, "fraud", "--kubeconfig", api.kubeconfig])
+        assert code == 1 and "no canary" in err
+    assert not api.md()["metadata"].get("annotations")
+    code, _, err = run(["promote", "nope", "--kubeconfig", api.kubeconfig])
+    assert code == 1 and "ModelDeployment ml/nope not found" in err
+
+
+def test_history_lists_current_and_recorded_revisions(api) -> None:
+    code, out, err = run(["history", "fraud", "--kubeconfig", api.kubeconfig])
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert rows[0][:3] == ["REVISION", "VERSION", "OUTCOME"]
+    assert [r[:2] for r in rows[1:]] == [["4", "1.5.0"], ["3", "1.4.0"], ["2", "1.3.0"], ["1", "1.2.0"]]
+    assert rows[1][2:4] == ["Canary", "(now)"] and rows[3][2] == "Superseded"
+    assert rows[3][-1] == "pvc://models/fraud/1.3.0/model.pt"
+
+
+def test_rollback_patches_the_model_back_to_the_previous_or_a_chosen_revision(api) -> None:
+    kc = ["--kubeconfig", api.kubeconfig]
+    code, out, err = run(["rollback", "fraud", *kc])
+    assert code == 0, err
+    assert "rolling back to revision 2 (version 1.3.0" in out
+    md = api.md()
+    assert md["spec"]["model"] == {"uri": "pvc://models/fraud/1.3.0/model.pt", "version": "1.3.0"}
+    assert md["spec"]["replicas"] == 4 and md["metadata"]["generation"] == 2
+    code, out, err = run(["rollback", "fraud", "--to-revision", "1", *kc])
+    assert code == 0 and api.md()["spec"]["model"]["version"] == "1.2.0"
+    code, out, err = run(["rollback", "fraud", "--to-revision", "1", *kc])
+    assert code == 0 and "nothing to do" in out and api.md()["metadata"]["generation"] == 3
+    code, out, err = run(["rollback", "fraud", "--to-revision", "9", *kc])
+    assert code == 1 and "revision 9 is not in status.history (recorded: 1, 2)" in err
+    api.set_status({**ROLLING, "history": []})
+    code, out, err = run(["rollback", "fraud", *kc])
+    assert code == 1 and "no previous revision" in err
+
+
+@pytest.mark.parametrize("labels, annotations, tool", [
+    ({"app.kubernetes.io/instance": "fraud-prod"}, {"argocd.argoproj.io/tracking-id": "fraud:modelship.dev/x"},
+     "Argo CD (argocd.argoproj.io/tracking-id)"),
+    ({"kustomize.toolkit.fluxcd.io/name": "apps", "kustomize.toolkit.fluxcd.io/namespace": "flux-system"}, {},
+     "Flux (kustomize.toolkit.fluxcd.io/name)"),
+    ({"helm.toolkit.fluxcd.io/name": "fraud"}, {}, "Flux (helm.toolkit.fluxcd.io/name)"),
+])
+def test_rollback_of_a_gitops_managed_object_warns_and_needs_force(api, labels, annotations, tool) -> None:
+    api.label(labels, annotations)
+    before = api.md()
+    code, out, err = run(["rollback", "fraud", "--kubeconfig", api.kubeconfig])
+    assert code == 1
+    assert f"managed by {tool}" in err and "Revert the change in Git instead" in err and "--force" in err
+    assert api.md()["spec"] == before["spec"]
+    code, out, err = run(["rollback", "fraud", "--force", "--kubeconfig", api.kubeconfig])
+    assert code == 0 and "Revert the change in Git" in err
+    assert api.md()["spec"]["model"]["version"] == "1.3.0"
+
+
+def test_gitops_detection_by_field_manager_and_plain_labels() -> None:
+    from modelship_operator.gitops import gitops_manager
+
+    def obj(labels=None, managers=()):
+        return {"metadata": {"labels": labels or {}, "managedFields": [{"manager": m} for m in managers]}}
+
+    assert gitops_manager(obj(managers=["kubectl-client-side-apply", "argocd-controller"])) == \
+        "Argo CD (field manager argocd-controller)"
+    assert gitops_manager(obj(managers=["kustomize-controller"])) == "Flux (field manager kustomize-controller)"
+    assert gitops_manager(obj(managers=["helm-controller"])) == "Flux (field manager helm-controller)"
+    # Helm or kubectl alone is no GitOps tool: app.kubernetes.io/instance by itself is common
+    assert gitops_manager(obj({"app.kubernetes.io/instance": "fraud", "app.kubernetes.io/managed-by": "Helm"},
+                              ["helm", "kubectl"])) is None
+
+
+def test_rollback_is_conditional_on_the_object_read(api, monkeypatch) -> None:
+    """A concurrent change between read and patch fails (409) instead of being overwritten."""
+    from modelship_operator import cli
+
+    real = cli.rollback_patch
+
+    def stale(obj, entry):
+        api.label({"team": "fraud"})  # someone else writes meanwhile
+        return real(obj, entry)
+
+    monkeypatch.setattr(cli, "rollback_patch", stale)
+    code, out, err = run(["rollback", "fraud", "--kubeconfig", api.kubeconfig])
+    assert code == 1 and "409" in err
+    assert api.md()["spec"]["model"]["version"] == "1.5.0"
