@@ -30,11 +30,9 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "
 class ServerThread:
     """create_app(...) served by uvicorn (httptools) on 127.0.0.1:<free port> in a thread."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, sock: socket.socket | None = None) -> None:
         self.app = app
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock = sock or bound_socket()
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
@@ -66,6 +64,15 @@ class ServerThread:
                 return False
 
         wait_for(ready, timeout, "readiness")
+
+
+def bound_socket() -> socket.socket:
+    """A socket bound to 127.0.0.1:<free port>; pass it to ServerThread (servers that must
+    know each other's ports before their apps are built)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 def free_port() -> int:
