@@ -65,6 +65,7 @@ class Row:
     wrk_cpu_cores: float | None = None  # the load generator's own CPU use
     other_cpu_cores: float | None = None  # everything else on the machine: the noise
     vs_bare32: float | None = None
+    runs: list = field(default_factory=list)  # every repeat, when --repeat > 1
 
 
 @dataclass
@@ -355,6 +356,45 @@ def histogram_sum_count(metrics_text: str, name: str) -> tuple[float, float]:
 # ---------------------------------------------------------------- measuring a server
 
 
+def measure_once(
+    system: str, base_url: str, pid: int, load: Load, lua: Path, args: argparse.Namespace, metrics_url: str | None
+) -> Row:
+    """One measured wrk run, the server idle before and after (metrics read when it is)."""
+    wait_idle(pid)
+    text0 = http_get(metrics_url)[1] if metrics_url else ""
+    cpu0, busy0, t0 = tree_cpu_seconds(pid), machine_busy_seconds(), time.monotonic()
+    res = run_wrk(base_url, lua, args.duration, args.connections, args.wrk_threads)
+    wall = time.monotonic() - t0
+    server_cores = (tree_cpu_seconds(pid) - cpu0) / wall
+    machine_cores = (machine_busy_seconds() - busy0) / wall
+    wait_idle(pid)
+    mean_batch, codes = None, {}
+    if metrics_url:
+        text1 = http_get(metrics_url)[1]
+        before, after = (histogram_sum_count(t, args.batch_metric) for t in (text0, text1))
+        batches = after[1] - before[1]
+        mean_batch = (after[0] - before[0]) / batches if batches else None
+        c0, c1 = counts_by_code(text0), counts_by_code(text1)
+        codes = {k: int(v - c0.get(k, 0)) for k, v in c1.items() if v - c0.get(k, 0)}
+    failed = res["status"] + res["connect"] + res["read"] + res["write"] + res["timeout"]
+    ok = res["requests"] - res["status"]
+    return Row(
+        system=system,
+        load=load.name,
+        rows_per_s=ok * load.rows / (res["duration_us"] / 1e6),
+        p50_ms=res["p50_us"] / 1e3,
+        p99_ms=res["p99_us"] / 1e3,
+        mean_batch=mean_batch,
+        requests=res["requests"],
+        failed=failed,
+        errors={k: res[k] for k in ("status", "connect", "read", "write", "timeout") if res[k]}
+        | ({"server_codes": codes} if res["status"] else {}),
+        server_cpu_cores=server_cores,
+        wrk_cpu_cores=res["cpu_s"] / wall,
+        other_cpu_cores=max(0.0, machine_cores - server_cores - res["cpu_s"] / wall),
+    )
+
+
 def measure_server(
     system: str,
     base_url: str,
@@ -364,50 +404,22 @@ def measure_server(
     workdir: Path,
     metrics_url: str | None,
 ) -> list[Row]:
+    """Each load: a warm-up, then --repeat measured runs; the run of median rows/s is kept
+    (the others are in its `runs`), which damps the noise of a shared machine."""
     rows = []
     for load in loads:
         lua = workdir / f"{system}-{load.name.replace(' ', '-')}.lua"
         write_lua(lua, load)
-        nrows = load.rows
         if args.warmup > 0:
+            wait_idle(pid)
             run_wrk(base_url, lua, args.warmup, args.connections, args.wrk_threads)
-        wait_idle(pid)
-        text0 = http_get(metrics_url)[1] if metrics_url else ""
-        cpu0, busy0, t0 = tree_cpu_seconds(pid), machine_busy_seconds(), time.monotonic()
-        res = run_wrk(base_url, lua, args.duration, args.connections, args.wrk_threads)
-        wall = time.monotonic() - t0
-        server_cores = (tree_cpu_seconds(pid) - cpu0) / wall
-        machine_cores = (machine_busy_seconds() - busy0) / wall
-        wait_idle(pid)
-        mean_batch, codes = None, {}
-        if metrics_url:
-            text1 = http_get(metrics_url)[1]
-            before, after = (histogram_sum_count(t, args.batch_metric) for t in (text0, text1))
-            batches = after[1] - before[1]
-            mean_batch = (after[0] - before[0]) / batches if batches else None
-            c0, c1 = counts_by_code(text0), counts_by_code(text1)
-            codes = {k: int(v - c0.get(k, 0)) for k, v in c1.items() if v - c0.get(k, 0)}
-        failed = res["status"] + res["connect"] + res["read"] + res["write"] + res["timeout"]
-        ok = res["requests"] - res["status"]
-        rows.append(
-            Row(
-                system=system,
-                load=load.name,
-                rows_per_s=ok * nrows / (res["duration_us"] / 1e6),
-                p50_ms=res["p50_us"] / 1e3,
-                p99_ms=res["p99_us"] / 1e3,
-                mean_batch=mean_batch,
-                requests=res["requests"],
-                failed=failed,
-                errors={k: res[k] for k in ("status", "connect", "read", "write", "timeout") if res[k]}
-                | ({"server_codes": codes} if res["status"] else {}),
-                server_cpu_cores=server_cores,
-                wrk_cpu_cores=res["cpu_s"] / wall,
-                other_cpu_cores=max(0.0, machine_cores - server_cores - res["cpu_s"] / wall),
-            )
-        )
-        print(f"  {system:<10} {load.name:<16} {rows[-1].rows_per_s:>12,.0f} rows/s  "
-              f"p99 {rows[-1].p99_ms:.1f} ms  failed {failed}", flush=True)  # fmt: skip
+        runs = [measure_once(system, base_url, pid, load, lua, args, metrics_url) for _ in range(args.repeat)]
+        runs.sort(key=lambda r: r.rows_per_s)
+        row = runs[len(runs) // 2]
+        row.runs = [{"rows_per_s": r.rows_per_s, "p99_ms": r.p99_ms, "other_cpu_cores": r.other_cpu_cores} for r in runs]
+        rows.append(row)
+        print(f"  {system:<10} {load.name:<16} {row.rows_per_s:>12,.0f} rows/s  "
+              f"p99 {row.p99_ms:.1f} ms  failed {row.failed}", flush=True)  # fmt: skip
     return rows
 
 
@@ -502,6 +514,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measured wrk run")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load before each run")
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--repeat", type=int, default=1, help="measured runs per load; the median is reported")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (1 leaves the cores to the server)")
     p.add_argument("--bare-seconds", type=float, default=2.0, help="seconds per bare-model batch size")
     p.add_argument("--bare-batches", default="1,8,32", help="comma-separated batch sizes")
@@ -532,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     x = heldout["X"].astype(np.float32)
     import torch
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(f"error: --device cuda, but this torch ({torch.__version__}) sees no CUDA device", file=sys.stderr)
+        return 2
     res = Results(
         host={
             "cpus": os.cpu_count(),
