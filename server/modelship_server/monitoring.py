@@ -96,9 +96,9 @@ def build_monitoring(settings: Settings, signature: Signature, model_path: str |
     )
     try:
         located = locate_profile(s, model_path)
-    except Exception as e:  # noqa: BLE001 - a download error: drift off, said loudly
+    except Exception as e:  # noqa: BLE001 - missing or not downloadable: drift off, said loudly
         located, mon.drift_state = None, f"error: {e}"
-        log.error("drift monitoring off: cannot fetch the reference profile: %s", e)
+        log.error("drift monitoring off: %s", e)
     if located is None:
         if mon.drift_state == "off" and s.drift_reference != "off":
             mon.drift_state = "no profile"

@@ -1,0 +1,110 @@
+"""Where the reference profile comes from, and what happens when it is missing or wrong."""
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from modelship_server.drift import PROFILE_FILENAME
+from modelship_server.model import fetch
+from modelship_server.monitoring import build_monitoring
+from modelship_server.settings import Settings, SettingsError
+from modelship_server.signature import Signature
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def http_base(model_dir: Path) -> Iterator[str]:
+    """The example model directory over real HTTP on loopback."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(model_dir)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def signature(model_dir: Path) -> Signature:
+    return Signature.from_file(model_dir / "signature.json")
+
+
+def _settings(tmp_path: Path, **kw: object) -> Settings:
+    return Settings(model_dir=str(tmp_path / "downloads"), **kw)  # type: ignore[arg-type]
+
+
+def test_profile_next_to_the_model_is_found(model_dir: Path, signature: Signature, tmp_path: Path) -> None:
+    mon = build_monitoring(_settings(tmp_path), signature, str(model_dir / "model.pt"))
+    assert mon.drift_state == "on" and mon.drift is not None and mon.drift.width == 64 and mon.drift_input == "input"
+    assert mon.feedback is not None and mon.audit is None  # the defaults: feedback on, audit off
+    off = build_monitoring(_settings(tmp_path, drift_reference="off"), signature, str(model_dir / "model.pt"))
+    assert off.drift is None and off.drift_state == "off"
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(model_dir / "model.pt", bare / "model.pt")
+    none = build_monitoring(_settings(tmp_path), signature, str(bare / "model.pt"))
+    assert none.drift is None and none.drift_state == "no profile"
+
+
+def test_remote_model_download_brings_the_profile(http_base: str, tmp_path: Path) -> None:
+    """What the operator's init container runs: the profile lands next to the model."""
+    target = tmp_path / "mnt"
+    path = fetch(http_base + "/model.pt", target)
+    assert path == target / "model.pt" and (target / PROFILE_FILENAME).is_file()
+
+
+def test_profile_by_http_uri_and_relative_path(model_dir: Path, signature: Signature, http_base: str, tmp_path: Path) -> None:
+    mon = build_monitoring(_settings(tmp_path, drift_reference=f"{http_base}/{PROFILE_FILENAME}"), signature, None)
+    assert mon.drift_state == "on" and (tmp_path / "downloads" / "drift" / PROFILE_FILENAME).is_file()
+    elsewhere = tmp_path / "profiles"
+    elsewhere.mkdir()
+    (tmp_path / "bare").mkdir()
+    shutil.copy(model_dir / PROFILE_FILENAME, elsewhere / "digits.json")
+    rel = build_monitoring(_settings(tmp_path, drift_reference="../profiles/digits.json"), signature,
+                           str(tmp_path / "bare" / "model.pt"))  # fmt: skip
+    assert rel.drift_state == "on"
+    absolute = build_monitoring(_settings(tmp_path, drift_reference=str(elsewhere / "digits.json")), signature, None)
+    assert absolute.drift_state == "on"
+
+
+def test_a_bad_or_missing_profile_turns_drift_off_not_the_server(model_dir: Path, signature: Signature,
+                                                                http_base: str, tmp_path: Path) -> None:  # fmt: skip
+    missing = build_monitoring(_settings(tmp_path, drift_reference=str(tmp_path / "nope.json")), signature, None)
+    assert missing.drift is None and missing.drift_state.startswith("error:") and "not found" in missing.drift_state
+    gone = build_monitoring(_settings(tmp_path, drift_reference=f"{http_base}/nope.json"), signature, None)
+    assert gone.drift is None and "HTTP 404" in gone.drift_state
+    profile = json.loads((model_dir / PROFILE_FILENAME).read_text())
+    profile["features"] = profile["features"][:10]  # a profile of another model
+    narrow = tmp_path / "narrow.json"
+    narrow.write_text(json.dumps(profile))
+    wrong = build_monitoring(_settings(tmp_path, drift_reference=str(narrow)), signature, None)
+    assert wrong.drift is None and "64 values per row" in wrong.drift_state
+    narrow.write_text("{not json")
+    broken = build_monitoring(_settings(tmp_path, drift_reference=str(narrow)), signature, None)
+    assert broken.drift is None and "invalid JSON" in broken.drift_state
+
+
+def test_monitoring_settings_from_env_and_their_checks() -> None:
+    s = Settings.from_env({
+        "MODELSHIP_DRIFT_WINDOW": "500", "MODELSHIP_DRIFT_INTERVAL_S": "2.5", "MODELSHIP_FEEDBACK_PEERS": "a:8080, b:8080",
+        "MODELSHIP_AUDIT_LOG": "stdout", "MODELSHIP_AUDIT_MASK": "client,input", "MODELSHIP_AUDIT_SAMPLE_RATE": "0.1",
+    })  # fmt: skip
+    assert s.drift_window == 500 and s.drift_interval_s == 2.5 and s.audit_enabled
+    assert s.feedback_peer_list == ["a:8080", "b:8080"] and s.audit_mask_fields == ["client", "input"]
+    assert not Settings().audit_enabled and Settings(audit_file="/tmp/x").audit_enabled
+    for bad in ({"audit_log": "stderr"}, {"audit_inputs": "all"}, {"audit_sample_rate": 2.0},
+                {"drift_interval_s": 0.0}, {"drift_ks_threshold": 1.5}, {"feedback_max_entries": -1}):  # fmt: skip
+        with pytest.raises(SettingsError):
+            Settings(**bad)  # type: ignore[arg-type]
