@@ -1,13 +1,14 @@
 """Server benchmark: the bare model vs a naive FastAPI server vs modelship, in one run.
 
     python benchmarks/bench_server.py --model-dir examples/model [--duration 10] [--connections 64]
-        [--device cuda] [--precision fp16] [--json results.json]
+        [--repeat 3] [--device cuda] [--precision fp16] [--json results.json]
 
 Prints one table:
   (a) the bare model in-process (torch.set_num_threads(1)) at batch 1 / 8 / 32,
   (b) benchmarks/naive_server.py and (c) modelship, each driven by `wrk` with
       --connections concurrent connections, once with one-row requests (/predict) and
-      once with 32-row requests (/predict/batch),
+      once with 32-row requests (/predict/batch); modelship also with 32-row Open Inference
+      Protocol requests in the binary tensor format,
 with rows/s, p50 / p99 latency, modelship's mean batch size (from /metrics deltas of its
 batch-size histogram) and every rows/s as a ratio to the bare model at batch 32; then the
 targets as PASS / FAIL. Also how busy the machine was with other work while it measured.
