@@ -173,6 +173,17 @@ def v2_infer(base: str, name: str, x: np.ndarray, y: np.ndarray, labels: list[st
     print(f"  true      {' '.join(labels[t] for t in y)}")
 
 
+# The handful of families worth a first look, in this order (all prefixed modelship_).
+SHOWN_METRICS = {
+    "modelship_model_info": "the served model",
+    "modelship_requests": "requests answered, by protocol and status code",
+    "modelship_batch_size_rows": "rows per forward pass: dynamic batching at work",
+    "modelship_request_duration_seconds": "end-to-end latency",
+    "modelship_queue_wait_seconds": "time waiting for batch-mates",
+    "modelship_compute_seconds": "forward pass per batch",
+}
+
+
 def show_metrics(base: str) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -180,28 +191,26 @@ def show_metrics(base: str) -> None:
     if status != 200:
         raise QuickstartError(f"GET /metrics -> {status}")
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    print("\nGET /metrics (a few of them):")
-    for name, fam in sorted(families.items()):
-        if not name.startswith("modelship_"):
+    print(f"\nGET /metrics ({len(families)} families; a few of them):")
+    for name, what in SHOWN_METRICS.items():
+        fam = families.get(name)
+        if fam is None:
             continue
-        if fam.type == "counter":
+        print(f"  {name} — {what}")
+        if fam.type == "histogram":
+            print(f"      {summarize_histogram(fam)}")
+        else:
             for s in fam.samples:
-                if s.name.endswith("_total"):
-                    print(f"  {s.name}{fmt_labels(s.labels)} {s.value:g}")
-        elif fam.type == "histogram":
-            summarize_histogram(fam)
-        elif name.endswith("_info"):
-            for s in fam.samples:
-                print(f"  {s.name}{{{', '.join(f'{k}={v}' for k, v in s.labels.items())}}}")
+                if fam.type != "counter" or s.name.endswith("_total"):
+                    print(f"      {fmt_labels(s.labels)} {s.value:g}")
 
 
 def fmt_labels(labels: dict) -> str:
-    keep = {k: v for k, v in labels.items() if k not in ("model", "version")}
-    return "{" + ",".join(f'{k}="{v}"' for k, v in keep.items()) + "}" if keep else ""
+    return ", ".join(f"{k}={v}" for k, v in labels.items())
 
 
-def summarize_histogram(fam: Any) -> None:
-    """count, mean and bucket-estimated p50 / p99 over all label sets of a histogram."""
+def summarize_histogram(fam: Any) -> str:
+    """count, mean and bucket-bounded p50 / p99 over all label sets of a histogram."""
     buckets: dict[float, float] = {}
     total = count = 0.0
     for s in fam.samples:
@@ -213,17 +222,17 @@ def summarize_histogram(fam: Any) -> None:
         elif s.name.endswith("_count"):
             count += s.value
     if not count:
-        return
+        return "no observations"
 
     def quantile(q: float) -> float:
-        for le in sorted(buckets):
-            if buckets[le] >= q * count:
-                return le
-        return float("inf")
+        return next((le for le in sorted(buckets) if buckets[le] >= q * count), float("inf"))
 
-    unit = "s" if fam.name.endswith("_seconds") else ""
-    print(f"  {fam.name}: count {count:g}  mean {total / count:.4g}{unit}  "
-          f"p50 <= {quantile(0.5):g}{unit}  p99 <= {quantile(0.99):g}{unit}")  # fmt: skip
+    if fam.name.endswith("_seconds"):  # milliseconds read better at this scale
+        scale, unit = 1e3, " ms"
+    else:
+        scale, unit = 1.0, ""
+    return (f"count {count:g}  mean {total / count * scale:.3g}{unit}  "
+            f"p50 <= {quantile(0.5) * scale:g}{unit}  p99 <= {quantile(0.99) * scale:g}{unit}")  # fmt: skip
 
 
 def run(model_dir: Path, port: int, model_file: str) -> None:
