@@ -59,12 +59,17 @@ class Monitoring:
                         log.warning("drift: input %r does not fit the reference profile: %s", self.drift_input, e)
         store = self.feedback
         if store is not None and request_id is not None:
-            if self.classifier and result.classes is not None:
-                preds = result.classes
-            else:
-                out = result.outputs[self.first_output]
-                preds = out.reshape(out.shape[0], -1) if out.ndim > 2 else out
-            store.record(request_id, preds)
+            try:
+                if self.classifier and result.classes is not None:
+                    preds = result.classes
+                else:
+                    out = result.outputs[self.first_output]
+                    preds = out.reshape(out.shape[0], -1) if out.ndim > 2 else out
+                store.record(request_id, preds)
+            except (ValueError, KeyError, IndexError) as e:  # monitoring never fails a request
+                self.observe_errors += 1
+                if self.observe_errors == 1:
+                    log.warning("feedback: cannot record the predictions of %s: %s", request_id, e)
 
     # -- off the request path --------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
