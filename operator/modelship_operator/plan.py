@@ -6,6 +6,7 @@ when it differs from the live status and emits `Plan.events`.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -17,6 +18,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
 from .analysis import Verdict
+from .rollout import (
+    Outcome,
+    Progress,
+    advance,
+    describe_step,
+    requested_weight,
+)
 from .rollout import (  # noqa: F401  (the action names are part of the plan's interface)
     ABORT_ANNOTATION,
     ACTION_ANNOTATIONS,
@@ -28,7 +36,8 @@ from .rollout import (  # noqa: F401  (the action names are part of the plan's i
     parse_time,
 )
 from .settings import Settings
-from .spec import API_VERSION, KIND, AnalysisSpec, ModelDeployment
+from .split import scale_plan, split_replicas
+from .spec import API_VERSION, KIND, AnalysisSpec, ModelDeployment, MonitoringSpec, SpecError, parse_duration
 
 MANAGED_BY = "modelship-operator"
 REVISION_LABEL = "modelship.dev/revision"
@@ -246,6 +255,8 @@ def revision_hash(md: ModelDeployment, settings: Settings) -> str:
         "scheduling": spec.scheduling,
         "image": server_image(md, settings),
     }
+    if spec.monitoring is not None:  # only when set: objects without it keep their hash
+        shaping["monitoring"] = spec.monitoring
     return hashlib.sha256(canonical_json(shaping).encode()).hexdigest()[:10]
 
 
@@ -410,11 +421,40 @@ def _env(md: ModelDeployment, source: ModelSource, resources: Mapping) -> tuple[
     threads = _threads(md, resources)
     if threads:
         server["MODELSHIP_TORCH_THREADS"] = str(threads)
+    if spec.monitoring is not None:
+        server.update(monitoring_env(spec.monitoring))
     # The CRD forbids user variables named MODELSHIP_* and duplicates, so appending is safe
     # for server-side apply (which rejects duplicate names in env).
     env = [{"name": k, "value": v} for k, v in server.items()]
     env.extend(_jsonable(spec.server.env) or ())
     return tuple(env)
+
+
+def _number(value: float) -> str:
+    """3.0 -> "3", 0.25 -> "0.25": env values as a person would write them."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def monitoring_env(mon: MonitoringSpec) -> dict[str, str]:
+    """spec.monitoring as the server's MODELSHIP_DRIFT_* / _FEEDBACK_* / _AUDIT_* settings."""
+    drift, feedback, audit = mon.drift, mon.feedback, mon.audit
+    reference = drift.reference or ""
+    if reference.startswith("file://"):
+        reference = reference[len("file://"):]
+    env = {
+        "MODELSHIP_DRIFT_REFERENCE": reference if drift.enabled else "off",
+        "MODELSHIP_DRIFT_WINDOW": str(drift.window),
+        "MODELSHIP_DRIFT_INTERVAL_S": _number(parse_duration(drift.interval)),
+        "MODELSHIP_DRIFT_THRESHOLD": _number(drift.threshold),
+        "MODELSHIP_FEEDBACK_TTL_S": _number(parse_duration(feedback.ttl)),
+        # The server turns feedback off with 0 pending entries.
+        "MODELSHIP_FEEDBACK_MAX_ENTRIES": str(feedback.max_entries if feedback.enabled else 0),
+        "MODELSHIP_AUDIT_LOG": "stdout" if audit.enabled else "off",
+        "MODELSHIP_AUDIT_SAMPLE_RATE": _number(audit.sample_rate),
+        "MODELSHIP_AUDIT_INPUTS": audit.inputs,
+        "MODELSHIP_AUDIT_MASK": ",".join(audit.mask_fields),
+    }
+    return env
 
 
 def _tolerations(md: ModelDeployment) -> tuple[Mapping, ...]:
@@ -582,7 +622,7 @@ def _merge_condition(
 
 def _conditions(health: _Health, available: int, n: int, previous: Mapping, generation: int, now: str) -> list[dict]:
     ready = health.phase == "Healthy" and n > 0
-    progressing = health.phase in ("Pending", "Progressing")
+    progressing = health.phase in ("Pending", "Progressing", "Paused")
     degraded = health.phase == "Degraded"
     if available > 0:
         avail = ("True", "MinimumReplicasAvailable", f"{available} replica(s) available")
@@ -609,25 +649,35 @@ def _conditions(health: _Health, available: int, n: int, previous: Mapping, gene
     return [_merge_condition(previous, t, s, r, m, generation, now) for t, s, r, m in rows]
 
 
-def _history(md: ModelDeployment, previous: Mapping, rev: RevisionPlan, now: str) -> list[dict]:
-    history = [dict(h) for h in previous.get("history") or () if isinstance(h, Mapping)]
-    before = previous.get("stable") or {}
-    if before.get("hash") and before.get("hash") != rev.hash:
-        history.append(
-            {
-                "revision": _int(before.get("revision")),
-                "hash": before.get("hash"),
-                "version": before.get("version", ""),
-                "uri": before.get("uri", ""),
-                "time": now,
-                "outcome": "Superseded",
-            }
-        )
+def _entry(source: Mapping, outcome: str, now: str) -> dict:
+    """A `status.history` entry for a revision leaving (or failing as) stable or canary."""
+    entry = {
+        "revision": _int(source.get("revision")),
+        "hash": source.get("hash"),
+        "version": source.get("version", ""),
+        "uri": source.get("uri", ""),
+        "time": now,
+        "outcome": outcome,
+    }
+    # The pod-shaping spec lets `rollback` restore the revision exactly.
+    for key in ("spec", "image"):
+        if source.get(key):
+            entry[key] = source[key]
+    return entry
+
+
+def _limit_history(md: ModelDeployment, history: list[dict]) -> list[dict]:
     limit = int(md.spec.history_limit)
     return history[-limit:] if limit > 0 else []
 
 
-def _spec_warnings(rev: RevisionPlan, scaling: AutoscalingPlan | None) -> list[Event]:
+def _previous_history(previous: Mapping) -> list[dict]:
+    return [dict(h) for h in previous.get("history") or () if isinstance(h, Mapping)]
+
+
+def _spec_warnings(
+    rev: RevisionPlan, scaling: AutoscalingPlan | None, md: ModelDeployment | None = None, mode: str = "replicas"
+) -> list[Event]:
     """Mistakes the API cannot reject but a user should hear about once per spec change."""
     warnings = []
     cpu_target = scaling is not None and any(
@@ -642,22 +692,36 @@ def _spec_warnings(rev: RevisionPlan, scaling: AutoscalingPlan | None) -> list[E
                 "the HorizontalPodAutoscaler cannot compute utilisation until one is set",
             )
         )
+    if md is not None and md.spec.rollout.traffic == "gateway" and mode != "gateway":
+        warnings.append(
+            Event(
+                "Warning",
+                "GatewayAPIUnavailable",
+                "rollout.traffic is gateway but the HTTPRoute CRD (gateway.networking.k8s.io/v1) is not served: "
+                "splitting traffic by replicas instead",
+            )
+        )
     return warnings
 
 
 def _events(
-    previous: Mapping, status: Mapping, rev: RevisionPlan, scaling: AutoscalingPlan | None = None
+    previous: Mapping,
+    status: Mapping,
+    rev: RevisionPlan,
+    warnings: list[Event],
+    rollout_events: list[Event] | tuple[Event, ...] = (),
+    announce_replacement: bool = True,
 ) -> tuple[Event, ...]:
     """Events for the transitions between the live and the desired status; none in a steady state."""
     events: list[Event] = []
     if previous.get("observedGeneration") != status.get("observedGeneration"):
-        events.extend(_spec_warnings(rev, scaling))
+        events.extend(warnings)
     before = previous.get("stable") or {}
     if not before.get("hash"):
         events.append(
             Event("Normal", "RevisionCreated", f"revision {rev.number} ({rev.hash}): version {rev.version}, {rev.replicas} replica(s)")
         )
-    elif before.get("hash") != rev.hash:
+    elif before.get("hash") != rev.hash and announce_replacement:
         events.append(
             Event(
                 "Normal",
@@ -666,6 +730,7 @@ def _events(
                 f"revision {_int(before.get('revision'))} ({before.get('hash')}, version {before.get('version', '')})",
             )
         )
+    events.extend(rollout_events)
 
     def flipped(type_: str, to: str) -> Mapping | None:
         now_c = _condition(status, type_)
@@ -685,15 +750,170 @@ def _events(
     return tuple(events)
 
 
+# --------------------------------------------------------------------------- revisions and traffic
+
+# The pod-shaping part of the spec (what revision_hash covers, besides the resolved image).
+SHAPING_KEYS = ("model", "server", "gpu", "scheduling", "monitoring")
+
+
+def shaping_spec(md: ModelDeployment) -> dict:
+    """The pod-shaping fields as written, kept in status (`stable.spec`, history entries) so the
+    stable can still be rendered while the spec describes a canary, and `rollback` can restore
+    a revision exactly."""
+    return {k: copy.deepcopy(md.raw_spec[k]) for k in SHAPING_KEYS if k in md.raw_spec}
+
+
+def revision_source(
+    md: ModelDeployment, settings: Settings, entry: Mapping
+) -> tuple[ModelDeployment, Settings] | None:
+    """The ModelDeployment (and settings) a status entry's revision was rendered from, or None
+    when the entry lacks its spec or no longer hashes the same (then it cannot be re-rendered)."""
+    spec, image = entry.get("spec"), entry.get("image")
+    if not isinstance(spec, Mapping) or "model" not in spec or not isinstance(image, str) or not image:
+        return None
+    try:
+        old = ModelDeployment.from_body({"metadata": {"name": md.name, "namespace": md.namespace}, "spec": dict(spec)})
+    except SpecError:
+        return None
+    old_settings = dataclasses.replace(settings, server_image=image)
+    if revision_hash(old, old_settings) != entry.get("hash"):
+        return None
+    return old, old_settings
+
+
+def traffic_mode(md: ModelDeployment, observed: Observed) -> str:
+    """gateway needs rollout.gateway and a served HTTPRoute CRD; anything else splits replicas."""
+    rollout = md.spec.rollout
+    if rollout.gateway is not None and rollout.traffic in ("auto", "gateway") and observed.httproute_served:
+        return "gateway"
+    return "replicas"
+
+
+def role_service(name: str, role: str) -> str:
+    return f"{name}-{role}"
+
+
+def route_plan(md: ModelDeployment, stable: RevisionPlan, canary: RevisionPlan | None,
+               canary_weight: int, mirror: bool) -> RoutePlan:
+    gateway = md.spec.rollout.gateway
+    assert gateway is not None
+    backends = [RouteBackend(role_service(md.name, "stable"), "stable", stable.hash, 100 - canary_weight)]
+    if canary is not None:
+        backends.append(RouteBackend(role_service(md.name, "canary"), "canary", canary.hash, canary_weight))
+    percent = gateway.mirror_percent
+    mirroring = canary is not None and mirror and bool(percent)
+    return RoutePlan(
+        parent_refs=tuple(gateway.parent_refs),
+        hostnames=tuple(gateway.hostnames),
+        backends=tuple(backends),
+        mirror_service=role_service(md.name, "canary") if mirroring else None,
+        mirror_percent=percent if mirroring else None,
+    )
+
+
+def _owner(md: ModelDeployment) -> Mapping:
+    # Offline (a file without metadata.uid) there is no owner to reference yet.
+    if not md.uid:
+        return {}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": md.name,
+        "uid": md.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _revision_status(rev: RevisionPlan, state: DeploymentState | None, spec: Mapping) -> dict:
+    return {
+        "revision": rev.number,
+        "hash": rev.hash,
+        "version": rev.version,
+        "uri": rev.uri,
+        "replicas": rev.replicas,
+        "readyReplicas": state.ready_replicas if state else 0,
+        "spec": dict(spec),
+        "image": rev.image,
+    }
+
+
+def _seconds_until(at: datetime | None, now: datetime) -> float | None:
+    if at is None:
+        return None
+    # At least a second: a due analysis that reconcile could not measure must not spin.
+    return max(1.0, (at - _aware(now)).total_seconds())
+
+
+# --------------------------------------------------------------------------- the plan
+
+
 def plan(md: ModelDeployment, observed: Observed, settings: Settings, now: datetime) -> Plan:
+    previous = _previous_status(md)
+    hash_ = revision_hash(md, settings)
+    stable_before = previous.get("stable") or {}
+    canary_before = previous.get("canary") or {}
+    if stable_before.get("hash") and stable_before.get("hash") != hash_:
+        source = revision_source(md, settings, stable_before)
+        stable_state = next((d for d in observed.deployments if d.revision == stable_before.get("hash")), None)
+        # A stable that serves nothing has no traffic to protect: the new revision replaces it
+        # directly (e.g. fixing a first deploy that never became ready).
+        serving = stable_state is not None and stable_state.available_replicas > 0
+        if source is not None and (serving or canary_before.get("hash")):
+            return _canary_plan(md, observed, settings, now, hash_, source)
+    return _single_plan(md, observed, settings, now, hash_)
+
+
+def _base_plan(md: ModelDeployment, observed: Observed, settings: Settings, **fields: Any) -> Plan:
+    scaling = autoscaling_plan(md)
+    revisions: tuple[RevisionPlan, ...] = fields.pop("revisions")
+    most = max((r.replicas for r in revisions), default=0)
+    return Plan(
+        name=md.name,
+        namespace=md.namespace,
+        owner=_owner(md),
+        labels=common_labels(md.name),
+        selector=selector_labels(md.name),
+        port=SERVER_PORT,
+        revisions=revisions,
+        autoscaling=scaling,
+        # maxUnavailable 1 never blocks a single pod, so the budget follows the most wanted.
+        pdb=most > 1 or (scaling is not None and scaling.max_replicas > 1),
+        service_monitor=observed.servicemonitor_served,
+        **fields,
+    )
+
+
+def _single_plan(md: ModelDeployment, observed: Observed, settings: Settings, now: datetime, hash_: str) -> Plan:
+    """One revision (no canary): the first deploy, a steady state, a cancelled canary, or a
+    direct replacement of a stable that serves nothing."""
     previous = _previous_status(md)
     generation = _int(md.generation)
     stamp = timestamp(now)
-    hash_ = revision_hash(md, settings)
+    mode = traffic_mode(md, observed)
     rev = revision_plan(md, settings, hash_, revision_number(hash_, previous), "stable", desired_replicas(md))
     state = next((d for d in observed.deployments if d.revision == hash_), None)
-    # Outgoing revisions keep serving until the new one is fully available, then are pruned.
-    outgoing = [d for d in observed.deployments if d.revision != hash_ and d.available_replicas > 0]
+    canary_before = previous.get("canary") or {}
+    history = _previous_history(previous)
+    rollout_events: list[Event] = []
+    stable_before = previous.get("stable") or {}
+    if canary_before.get("hash") and canary_before.get("hash") != hash_:
+        # The spec went back to the stable revision: the canary is removed at once.
+        rollout_events.append(
+            Event("Normal", "CanaryCancelled",
+                  f"the spec is back at stable revision {rev.number} ({hash_}): canary revision "
+                  f"{_int(canary_before.get('revision'))} ({canary_before.get('hash')}) removed")
+        )
+        if not canary_before.get("aborted"):  # an aborted canary is in history already
+            history.append(_entry(canary_before, "Cancelled", stamp))
+    if stable_before.get("hash") and stable_before.get("hash") != hash_:
+        history.append(_entry(stable_before, "Superseded", stamp))
+    # Outgoing revisions (a direct replacement) keep serving until the new one is fully
+    # available, then are pruned. A cancelled canary is not kept.
+    outgoing = [
+        d for d in observed.deployments
+        if d.revision != hash_ and d.available_replicas > 0 and d.revision != canary_before.get("hash")
+    ]
     health = _assess(rev, state, sum(d.available_replicas for d in outgoing), previous)
     kept = [] if health.phase == "Healthy" else sorted(outgoing, key=lambda d: d.name)
     counted = ([state] if state else []) + kept
@@ -702,49 +922,249 @@ def plan(md: ModelDeployment, observed: Observed, settings: Settings, now: datet
         "observedGeneration": generation,
         "phase": health.phase,
         "conditions": _conditions(health, available, rev.replicas, previous, generation, stamp),
-        "stable": {
-            "revision": rev.number,
-            "hash": rev.hash,
-            "version": rev.version,
-            "uri": rev.uri,
-            "replicas": rev.replicas,
-            "readyReplicas": state.ready_replicas if state else 0,
-        },
-        "history": _history(md, previous, rev, stamp),
+        "stable": _revision_status(rev, state, shaping_spec(md)),
+        "history": _limit_history(md, history),
         # /scale: status.replicas counts the pods that exist (what the HPA divides by),
         # status.selector finds them for pod metrics.
         "replicas": sum(d.replicas for d in counted),
         "readyReplicas": sum(d.ready_replicas for d in counted),
         "selector": selector_string(md.name),
         "url": service_url(md.name, md.namespace, settings),
-        "trafficMode": "replicas",
+        "trafficMode": mode,
     }
     scaling = autoscaling_plan(md)
-    return Plan(
-        name=md.name,
-        namespace=md.namespace,
-        # Offline (a file without metadata.uid) there is no owner to reference yet.
-        owner={
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "name": md.name,
-            "uid": md.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-        if md.uid
-        else {},
-        labels=common_labels(md.name),
-        selector=selector_labels(md.name),
-        port=SERVER_PORT,
+    warnings = _spec_warnings(rev, scaling, md, mode)
+    return _base_plan(
+        md, observed, settings,
         revisions=(rev,),
-        autoscaling=scaling,
-        # maxUnavailable 1 never blocks a single pod, so the budget follows the most wanted.
-        pdb=rev.replicas > 1 or (scaling is not None and scaling.max_replicas > 1),
-        service_monitor=observed.servicemonitor_served,
         retain=tuple(d.name for d in kept),
         status=status,
-        events=_events(previous, status, rev, scaling),
+        events=_events(previous, status, rev, warnings, rollout_events),
+        consumed_actions=tuple(a for a in ACTION_ANNOTATIONS if a in md.annotations),
+        traffic_mode=mode,
+        route=route_plan(md, rev, None, 0, False) if mode == "gateway" else None,
+    )
+
+
+def _canary_plan(
+    md: ModelDeployment,
+    observed: Observed,
+    settings: Settings,
+    now: datetime,
+    hash_: str,
+    source: tuple[ModelDeployment, Settings],
+) -> Plan:
+    """A stable revision plus the spec's revision as the canary, walking rollout.steps."""
+    previous = _previous_status(md)
+    generation = _int(md.generation)
+    stamp = timestamp(now)
+    mode = traffic_mode(md, observed)
+    total = desired_replicas(md)
+    steps = md.spec.rollout.steps
+    limits = md.spec.rollout.analysis
+    stable_before = previous.get("stable") or {}
+    canary_before = previous.get("canary") or {}
+    history = _previous_history(previous)
+    events: list[Event] = []
+
+    old_md, old_settings = source
+    stable_hash = str(stable_before["hash"])
+    stable_number = _int(stable_before.get("revision")) or revision_number(stable_hash, previous)
+    number = revision_number(hash_, previous)
+    by_hash = {d.revision: d for d in sorted(observed.deployments, key=lambda d: d.name)}
+    stable_state, canary_state = by_hash.get(stable_hash), by_hash.get(hash_)
+    canary_ready = canary_state.ready_replicas if canary_state else 0
+    stable_ready = stable_state.ready_replicas if stable_state else 0
+
+    if canary_before.get("hash") != hash_:
+        if canary_before.get("hash"):
+            events.append(
+                Event("Normal", "CanaryReplaced",
+                      f"canary revision {_int(canary_before.get('revision'))} ({canary_before.get('hash')}) "
+                      f"is replaced by revision {number} ({hash_}); the steps restart")
+            )
+            if not canary_before.get("aborted"):
+                history.append(_entry(canary_before, "Replaced", stamp))
+        events.append(
+            Event("Normal", "CanaryStarted",
+                  f"revision {number} ({hash_}, version {md.spec.model.version}) is the canary of stable revision "
+                  f"{stable_number} ({stable_hash}, version {stable_before.get('version', '')}); "
+                  + (f"{len(steps)} step(s)" if steps else "no steps: promoted once ready"))
+        )
+        progress = Progress.start(stamp)
+    else:
+        progress = Progress.from_status(canary_before, stamp)
+
+    def ready_at(weight: int) -> bool:
+        return canary_ready >= split_replicas(total, weight).canary
+
+    verdict = None
+    result = observed.analysis
+    last = parse_time((progress.analysis or {}).get("lastTime"))
+    if result is not None and result.hash == hash_ and (last is None or _aware(result.time) > last):
+        verdict = (result.verdict, timestamp(result.time))
+    actions = {a: md.annotations[a] for a in ACTION_ANNOTATIONS if a in md.annotations}
+    outcome = advance(progress, steps, limits, actions, verdict, ready_at, _aware(now), stamp)
+    progress = outcome.progress
+    events.extend(outcome.events)
+    n = len(steps)
+    weight = 0 if progress.aborted else requested_weight(steps, progress.step)
+    if outcome.aborted_now:
+        history.append(_entry({**canary_before, "revision": number, "hash": hash_,
+                               "version": md.spec.model.version, "uri": md.spec.model.uri,
+                               "spec": shaping_spec(md), "image": server_image(md, settings)},
+                              "Aborted", stamp))
+
+    scale = scale_plan(total, weight, canary_ready, stable_ready)
+    promote = (
+        not progress.aborted
+        and progress.step >= n
+        and canary_state is not None
+        and canary_ready >= total
+        and canary_state.available_replicas >= total
+    )
+    if promote:
+        return _promoted_plan(md, observed, settings, now, hash_, number, canary_state, history, events, outcome)
+
+    if mode == "gateway":
+        # Stable keeps every pod: the route, not the pod count, moves traffic.
+        stable_replicas, canary_replicas = total, scale.target.canary
+        effective = scale.route_weight
+    else:
+        stable_replicas, canary_replicas = scale.stable_replicas, scale.canary_replicas
+        effective = scale.effective_weight
+    stable_rev = revision_plan(old_md, old_settings, stable_hash, stable_number, "stable", stable_replicas)
+    canary_rev = revision_plan(md, settings, hash_, number, "canary", canary_replicas)
+
+    analysis = dict(progress.analysis)
+    analysing = not progress.aborted and effective > 0
+    if analysing and not analysis.get("lastTime"):
+        analysis["lastTime"] = stamp  # the first analysis window starts with the first traffic
+    canary_status: dict[str, Any] = {
+        "revision": number,
+        "hash": hash_,
+        "version": canary_rev.version,
+        "uri": canary_rev.uri,
+        "weight": effective,
+        "requestedWeight": weight,
+        "step": progress.step,
+        "stepStartedAt": progress.step_started_at,
+        "replicas": canary_replicas,
+        "readyReplicas": canary_ready,
+        "aborted": progress.aborted,
+        "analysis": analysis,
+    }
+    if progress.abort_reason and progress.aborted:
+        canary_status["abortReason"] = progress.abort_reason
+
+    label = f"canary revision {number} ({hash_}, version {canary_rev.version})"
+    failure = _failure(canary_state) if canary_state else None
+    if progress.aborted:
+        health = _Health("Degraded", "CanaryAborted", f"{label} aborted: {progress.abort_reason}")
+    elif failure:
+        health = _Health("Degraded", failure[0], f"{label}: {failure[1]}")
+    elif outcome.paused:
+        health = _Health("Paused", "RolloutPaused",
+                         f"{label} at {effective}%: paused at {describe_step(steps, progress.step)}; promote to continue")
+    elif progress.step >= n:
+        health = _Health("Progressing", "RolloutInProgress",
+                         f"{label}: promoting, {canary_ready}/{total} replicas ready")
+    else:
+        health = _Health("Progressing", "RolloutInProgress",
+                         f"{label} at {effective}% (asked {weight}%), {describe_step(steps, progress.step)}")
+
+    states = [s for s in (stable_state, canary_state) if s is not None]
+    # /scale (what the HPA divides by): in gateway mode the canary's pods are extra to spec.replicas.
+    scaled = states if mode == "replicas" else [s for s in (stable_state,) if s is not None]
+    available = sum(s.available_replicas for s in states)
+    status = {
+        "observedGeneration": generation,
+        "phase": health.phase,
+        "conditions": _conditions(health, available, total, previous, generation, stamp),
+        "stable": _revision_status(stable_rev, stable_state, stable_before.get("spec") or {}),
+        "canary": canary_status,
+        "history": _limit_history(md, history),
+        "replicas": sum(s.replicas for s in scaled),
+        "readyReplicas": sum(s.ready_replicas for s in scaled),
+        "selector": selector_string(md.name),
+        "url": service_url(md.name, md.namespace, settings),
+        "trafficMode": mode,
+    }
+    wake = [outcome.wake_at]
+    if analysing:
+        start = parse_time(analysis.get("lastTime"))
+        wake.append(start + timedelta(seconds=limits.interval_seconds) if start else None)
+    waits = [w for w in (_seconds_until(at, now) for at in wake) if w is not None]
+    scaling = autoscaling_plan(md)
+    warnings = _spec_warnings(canary_rev, scaling, md, mode)
+    # Gateway mode: the canary backend and the mirror only once canary pods are ready.
+    return _base_plan(
+        md, observed, settings,
+        revisions=(stable_rev, canary_rev),
+        retain=(),
+        status=status,
+        events=_events(previous, status, stable_rev, warnings, events),
+        consumed_actions=outcome.consumed,
+        requeue_after=min(waits) if waits else None,
+        traffic_mode=mode,
+        route=route_plan(md, stable_rev, canary_rev, effective, canary_ready > 0 and not progress.aborted)
+        if mode == "gateway" else None,
+        analysis=limits if analysing else None,
+    )
+
+
+def _promoted_plan(
+    md: ModelDeployment,
+    observed: Observed,
+    settings: Settings,
+    now: datetime,
+    hash_: str,
+    number: int,
+    state: DeploymentState,
+    history: list[dict],
+    events: list[Event],
+    outcome: Outcome,
+) -> Plan:
+    """The canary carries everything and is ready: it becomes the stable, the old stable goes."""
+    previous = _previous_status(md)
+    generation = _int(md.generation)
+    stamp = timestamp(now)
+    mode = traffic_mode(md, observed)
+    stable_before = previous.get("stable") or {}
+    rev = revision_plan(md, settings, hash_, number, "stable", desired_replicas(md))
+    # Back to a revision that was stable before: the one it replaces was rolled back.
+    rolled_back = any(h.get("hash") == hash_ for h in history if h.get("outcome") in ("Superseded", "RolledBack"))
+    history.append(_entry(stable_before, "RolledBack" if rolled_back else "Superseded", stamp))
+    events.append(
+        Event("Normal", "Promoted",
+              f"revision {number} ({hash_}, version {rev.version}) is now stable; revision "
+              f"{_int(stable_before.get('revision'))} ({stable_before.get('hash')}, version "
+              f"{stable_before.get('version', '')}) is removed")
+    )
+    health = _assess(rev, state, 0, previous)
+    status = {
+        "observedGeneration": generation,
+        "phase": health.phase,
+        "conditions": _conditions(health, state.available_replicas, rev.replicas, previous, generation, stamp),
+        "stable": _revision_status(rev, state, shaping_spec(md)),
+        "history": _limit_history(md, history),
+        "replicas": state.replicas,
+        "readyReplicas": state.ready_replicas,
+        "selector": selector_string(md.name),
+        "url": service_url(md.name, md.namespace, settings),
+        "trafficMode": mode,
+    }
+    scaling = autoscaling_plan(md)
+    return _base_plan(
+        md, observed, settings,
+        revisions=(rev,),
+        retain=(),
+        status=status,
+        events=_events(previous, status, rev, _spec_warnings(rev, scaling, md, mode), events,
+                       announce_replacement=False),
+        consumed_actions=outcome.consumed,
+        traffic_mode=mode,
+        route=route_plan(md, rev, None, 0, False) if mode == "gateway" else None,
     )
 
 

@@ -110,7 +110,7 @@ class ModelSpec:
 class BatchingSpec:
     max_batch_size: int = 32
     max_delay_ms: int = 5
-    max_queue: int = 256
+    max_queue: int = 2048  # rows, not requests (the server counts its queue in rows)
     timeout_ms: int = 30000
 
 
@@ -191,6 +191,40 @@ class RolloutSpec:
     gateway: GatewaySpec | None = None
 
 
+AUDIT_INPUTS = ("none", "digest", "summary")
+
+
+@dataclass(frozen=True)
+class DriftSpec:
+    enabled: bool = True
+    reference: str | None = None  # None: reference_profile.json next to the model
+    window: int = 1000
+    interval: str = "30s"
+    threshold: float = 0.2
+
+
+@dataclass(frozen=True)
+class FeedbackSpec:
+    enabled: bool = True
+    ttl: str = "1h"
+    max_entries: int = 100000
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    enabled: bool = False
+    sample_rate: float = 1.0
+    inputs: str = "none"
+    mask_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MonitoringSpec:
+    drift: DriftSpec = field(default_factory=DriftSpec)
+    feedback: FeedbackSpec = field(default_factory=FeedbackSpec)
+    audit: AuditSpec = field(default_factory=AuditSpec)
+
+
 @dataclass(frozen=True)
 class ModelDeploymentSpec:
     model: ModelSpec
@@ -201,6 +235,7 @@ class ModelDeploymentSpec:
     autoscaling: AutoscalingSpec | None = None  # None: no HorizontalPodAutoscaler
     rollout: RolloutSpec = field(default_factory=RolloutSpec)
     history_limit: int = 10
+    monitoring: MonitoringSpec | None = None  # None: the server's own defaults
 
 
 # ---------------------------------------------------------------------------
@@ -224,6 +259,8 @@ class RevisionStatus:
     uri: str | None = None
     replicas: int = 0
     ready_replicas: int = 0
+    spec: dict[str, Any] | None = None  # the pod-shaping spec the revision was made from
+    image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -244,8 +281,9 @@ class CanaryStatus:
     hash: str | None = None
     version: str | None = None
     uri: str | None = None
-    weight: int = 0
-    step: int = 0
+    weight: int = 0  # effective: the share of traffic the canary's ready pods carry
+    requested_weight: int = 0  # what the current step asks for
+    step: int = 0  # 0-based index into rollout.steps; len(steps) = all done
     step_started_at: str | None = None
     replicas: int = 0
     ready_replicas: int = 0
@@ -261,7 +299,9 @@ class HistoryEntry:
     version: str | None = None
     uri: str | None = None
     time: str | None = None
-    outcome: str | None = None  # Superseded | Aborted | RolledBack
+    outcome: str | None = None  # Superseded | RolledBack | Replaced | Cancelled | Aborted
+    spec: dict[str, Any] | None = None  # the pod-shaping spec (what rollback restores)
+    image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -294,6 +334,9 @@ class ModelDeployment:
     annotations: dict[str, str] = field(default_factory=dict)
     status: Status = field(default_factory=Status)
     raw_status: dict[str, Any] = field(default_factory=dict)  # the status exactly as read
+    # The spec exactly as read (pod-shaping parts are kept in status); not part of equality:
+    # the parsed spec is what the object means.
+    raw_spec: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def model_name(self) -> str:
@@ -335,6 +378,7 @@ class ModelDeployment:
             spec=parse_spec(body["spec"]),
             status=parse_status(raw_status) if isinstance(raw_status, Mapping) else Status(),
             raw_status=copy.deepcopy(dict(raw_status)) if isinstance(raw_status, Mapping) else {},
+            raw_spec=copy.deepcopy(dict(body["spec"])) if isinstance(body["spec"], Mapping) else {},
         )
 
 
@@ -450,6 +494,8 @@ def parse_spec(raw: Any) -> ModelDeploymentSpec:
     autoscaling = _parse_autoscaling(auto_obj) if auto_obj is not None else None
     rollout = _parse_rollout(s.obj("rollout") or _Obj({}, "spec.rollout"))
     history_limit = s.int("historyLimit", 10, 0, 100)
+    mon_obj = s.obj("monitoring")
+    monitoring = _parse_monitoring(mon_obj) if mon_obj is not None else None
     s.done()
     if server.precision != "fp32" and gpu.count == 0:
         raise SpecError(
@@ -458,6 +504,7 @@ def parse_spec(raw: Any) -> ModelDeploymentSpec:
     return ModelDeploymentSpec(
         model=model, replicas=replicas, server=server, gpu=gpu, scheduling=scheduling,  # type: ignore[arg-type]
         autoscaling=autoscaling, rollout=rollout, history_limit=history_limit,  # type: ignore[arg-type]
+        monitoring=monitoring,
     )
 
 
@@ -503,7 +550,7 @@ def _parse_server(o: _Obj) -> ServerSpec:
     batching = BatchingSpec(
         max_batch_size=b.int("maxBatchSize", 32, 1, 4096),  # type: ignore[arg-type]
         max_delay_ms=b.int("maxDelayMs", 5, 0, 10000),  # type: ignore[arg-type]
-        max_queue=b.int("maxQueue", 256, 1, 1000000),  # type: ignore[arg-type]
+        max_queue=b.int("maxQueue", 2048, 1, 1000000),  # type: ignore[arg-type]
         timeout_ms=b.int("timeoutMs", 30000, 1, 600000),  # type: ignore[arg-type]
     )
     b.done()
@@ -692,6 +739,62 @@ def _parse_rollout(o: _Obj) -> RolloutSpec:
     return RolloutSpec(steps=tuple(steps), analysis=analysis, traffic=traffic, gateway=gateway)  # type: ignore[arg-type]
 
 
+_FIELD_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _bool(o: _Obj, key: str, default: bool) -> bool:
+    v = o._get(key)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise SpecError(f"{o.path}.{key} must be true or false, not {v!r}")
+    return v
+
+
+def _duration(o: _Obj, key: str, default: str) -> str:
+    v = o.str(key, default, max_len=32)
+    assert v is not None
+    if not _DURATION_RE.fullmatch(v) or parse_duration(v) <= 0:
+        raise SpecError(f"{o.path}.{key} must be a positive duration such as 30s, 5m or 1h (got {v!r})")
+    return v
+
+
+def _parse_monitoring(o: _Obj) -> MonitoringSpec:
+    d = o.obj("drift") or _Obj({}, f"{o.path}.drift")
+    reference = d.str("reference", None, min_len=1, max_len=2048)
+    if reference is not None and reference.startswith("pvc://"):
+        raise SpecError("monitoring.drift.reference is a path next to the model, an absolute path, "
+                        "or an http(s):// or s3:// URI; a pvc:// URI is not mounted")
+    drift = DriftSpec(
+        enabled=_bool(d, "enabled", True), reference=reference,
+        window=d.int("window", 1000, 1, 1000000),  # type: ignore[arg-type]
+        interval=_duration(d, "interval", "30s"),
+        threshold=d.num("threshold", 0.2, 0.0, exclusive_lo=True),  # type: ignore[arg-type]
+    )
+    d.done()
+    f = o.obj("feedback") or _Obj({}, f"{o.path}.feedback")
+    feedback = FeedbackSpec(
+        enabled=_bool(f, "enabled", True), ttl=_duration(f, "ttl", "1h"),
+        max_entries=f.int("maxEntries", 100000, 1, 10000000),  # type: ignore[arg-type]
+    )
+    f.done()
+    a = o.obj("audit") or _Obj({}, f"{o.path}.audit")
+    enabled = _bool(a, "enabled", False)
+    sample_rate = a.num("sampleRate", 1.0, 0.0, 1.0)
+    inputs = a.str("inputs", "none", enum=AUDIT_INPUTS)
+    mask = []
+    for i, name in enumerate(a.list("maskFields", 64)):
+        if not isinstance(name, str) or not _FIELD_NAME_RE.fullmatch(name) or len(name) > 253:
+            raise SpecError(f"{a.path}.maskFields[{i}] {name!r} must be a field name "
+                            "(letters, digits, '_', '-', '.')")
+        mask.append(name)
+    a.done()
+    o.done()
+    audit = AuditSpec(enabled=enabled, sample_rate=sample_rate, inputs=inputs,  # type: ignore[arg-type]
+                      mask_fields=tuple(mask))
+    return MonitoringSpec(drift=drift, feedback=feedback, audit=audit)
+
+
 # ---------------------------------------------------------------------------
 # Parsing the status (lenient: never fails a reconcile over our own output)
 # ---------------------------------------------------------------------------
@@ -714,7 +817,12 @@ def _revision(d: Any) -> RevisionStatus | None:
         revision=_opt_int(d.get("revision")), hash=_opt_str(d.get("hash")),
         version=_opt_str(d.get("version")), uri=_opt_str(d.get("uri")),
         replicas=_opt_int(d.get("replicas")) or 0, ready_replicas=_opt_int(d.get("readyReplicas")) or 0,
+        spec=_opt_dict(d.get("spec")), image=_opt_str(d.get("image")),
     )
+
+
+def _opt_dict(v: Any) -> dict[str, Any] | None:
+    return copy.deepcopy(dict(v)) if isinstance(v, Mapping) else None
 
 
 def _analysis(d: Any) -> AnalysisStatus | None:
@@ -734,7 +842,8 @@ def _canary(d: Any) -> CanaryStatus | None:
     return CanaryStatus(
         revision=_opt_int(d.get("revision")), hash=_opt_str(d.get("hash")),
         version=_opt_str(d.get("version")), uri=_opt_str(d.get("uri")),
-        weight=_opt_int(d.get("weight")) or 0, step=_opt_int(d.get("step")) or 0,
+        weight=_opt_int(d.get("weight")) or 0, requested_weight=_opt_int(d.get("requestedWeight")) or 0,
+        step=_opt_int(d.get("step")) or 0,
         step_started_at=_opt_str(d.get("stepStartedAt")),
         replicas=_opt_int(d.get("replicas")) or 0, ready_replicas=_opt_int(d.get("readyReplicas")) or 0,
         aborted=d.get("aborted") is True, abort_reason=_opt_str(d.get("abortReason")),
@@ -759,6 +868,7 @@ def parse_status(raw: Mapping[str, Any]) -> Status:
             revision=_opt_int(h.get("revision")), hash=_opt_str(h.get("hash")),
             version=_opt_str(h.get("version")), uri=_opt_str(h.get("uri")),
             time=_opt_str(h.get("time")), outcome=_opt_str(h.get("outcome")),
+            spec=_opt_dict(h.get("spec")), image=_opt_str(h.get("image")),
         )
         for h in raw.get("history") or ()
         if isinstance(h, Mapping)

@@ -169,6 +169,14 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
      "spec.rollout.gateway.hostnames[0]: 'Fraud Example' does not match", "is not a host name"),
     ("history-limit-too-big", setting("spec.historyLimit", 1000),
      "spec.historyLimit: 1000 is greater than the maximum of 100", "must be at most 100"),
+    ("drift-reference-on-pvc", setting("spec.monitoring", {"drift": {"reference": "pvc://models/ref.json"}}),
+     "spec.monitoring.drift.reference: monitoring.drift.reference cannot be a pvc:// URI", "a pvc:// URI is not mounted"),
+    ("zero-drift-interval", setting("spec.monitoring", {"drift": {"interval": "0s"}}),
+     "monitoring.drift.interval must be greater than zero", "must be a positive duration"),
+    ("zero-feedback-ttl", setting("spec.monitoring", {"feedback": {"ttl": "0.0m"}}),
+     "monitoring.feedback.ttl must be greater than zero", "must be a positive duration"),
+    ("audit-raw-inputs", setting("spec.monitoring", {"audit": {"enabled": True, "inputs": "raw"}}),
+     "spec.monitoring.audit.inputs: 'raw' is not one of", "must be one of none, digest, summary"),
 ]
 
 # Valid edge cases: each sits right at a boundary one of the rules draws.
@@ -193,6 +201,12 @@ VALID: list[tuple[str, Mutation]] = [
     ("wildcard-hostname", setting("spec.rollout.gateway.hostnames", ["*.example.com"])),
     ("cpu-only-fp32", both(setting("spec.gpu", {}), setting("spec.server.precision", "fp32"))),
     ("minimal", setting("spec", {"model": {"uri": "file:///m/model.pt", "version": "1"}})),
+    ("monitoring-full", setting("spec.monitoring", {
+        "drift": {"enabled": True, "reference": "https://models.example.com/ref.json", "window": 500,
+                  "interval": "1m", "threshold": 0.25},
+        "feedback": {"enabled": False, "ttl": "2h", "maxEntries": 1},
+        "audit": {"enabled": True, "sampleRate": 0.0, "inputs": "digest", "maskFields": ["client"]}})),
+    ("monitoring-empty", setting("spec.monitoring", {})),
 ]
 
 

@@ -179,6 +179,9 @@ def test_nothing_observed_yet_is_pending() -> None:
         "uri": "pvc://models/fraud/1.4.0/model.pt",
         "replicas": 2,
         "readyReplicas": 0,
+        # The pod-shaping spec as written: the stable is rendered from it during a canary.
+        "spec": {"model": {"uri": "pvc://models/fraud/1.4.0/model.pt", "version": "1.4.0"}},
+        "image": SETTINGS.server_image,
     }
     assert s["replicas"] == 0 and s["readyReplicas"] == 0
     assert s["selector"] == "app.kubernetes.io/name=modelship,app.kubernetes.io/instance=fraud"
@@ -324,36 +327,41 @@ def test_last_transition_time_moves_only_for_conditions_that_flip() -> None:
     assert "2/2" in ready.events[0].message
 
 
-def test_a_spec_change_replaces_the_revision_without_downtime() -> None:
+def test_a_spec_change_without_steps_promotes_once_the_canary_is_ready() -> None:
+    """No rollout.steps: the new revision is a canary at 100% at once (stable only gives up pods
+    the canary has replaced) and is promoted as soon as all its replicas are ready."""
     old_hash = h()
     healthy = plan(md(), Observed((dep(old_hash),)), SETTINGS, T0)
     changed = body(model={"uri": "pvc://models/fraud/1.5.0/model.pt", "version": "1.5.0"})
     new_hash = h(changed)
     old = dep(old_hash)
 
-    # New Deployment not there yet: the old one is retained and keeps serving.
+    # New Deployment not there yet: the stable keeps all its pods and serves.
     p1 = plan(md(changed, dict(healthy.status), 2), Observed((old,)), SETTINGS, T1)
-    assert [r.hash for r in p1.revisions] == [new_hash]
-    assert p1.retain == (f"fraud-{old_hash}",)
+    assert [(r.hash, r.role, r.replicas) for r in p1.revisions] == [(old_hash, "stable", 2), (new_hash, "canary", 2)]
     assert p1.status["phase"] == "Progressing"
     assert cond(p1.status, "Available")["status"] == "True"
-    assert p1.status["stable"]["revision"] == 2 and p1.status["stable"]["version"] == "1.5.0"
-    assert p1.status["history"] == [
-        {"revision": 1, "hash": old_hash, "version": "1.4.0", "uri": "pvc://models/fraud/1.4.0/model.pt",
-         "time": "2026-03-01T12:05:00Z", "outcome": "Superseded"}
-    ]
-    assert [e.reason for e in p1.events] == ["NewRevision"]
-    assert "replaces revision 1" in p1.events[0].message
+    assert p1.status["stable"]["revision"] == 1 and p1.status["canary"]["revision"] == 2
+    assert p1.status["canary"]["requestedWeight"] == 100 and p1.status["canary"]["weight"] == 0
+    assert [e.reason for e in p1.events] == ["CanaryStarted"]
 
-    # Half-way: still retained; status counts the pods of both.
+    # Half-way: one canary pod ready, so the stable drops to one; status counts both.
     p2 = plan(md(changed, dict(p1.status), 2), Observed((old, dep(new_hash, ready=1))), SETTINGS, T2)
-    assert p2.retain == (f"fraud-{old_hash}",) and p2.status["readyReplicas"] == 3
-    assert p2.status["history"] == p1.status["history"] and p2.events == ()
+    assert [r.replicas for r in p2.revisions] == [1, 2] and p2.status["readyReplicas"] == 3
+    assert p2.status["canary"]["weight"] == 50 and p2.events == ()
 
-    # New revision fully available: the old one is let go (reconcile prunes it).
-    p3 = plan(md(changed, dict(p2.status), 2), Observed((old, dep(new_hash))), SETTINGS, T2)
-    assert p3.retain == () and p3.status["phase"] == "Healthy"
-    assert p3.status["replicas"] == 2 and [e.reason for e in p3.events] == ["Ready"]
+    # Canary fully available: promoted, the old revision is no longer rendered (pruned).
+    p3 = plan(md(changed, dict(p2.status), 2), Observed((dep(old_hash, replicas=1, ready=1), dep(new_hash))), SETTINGS, T2)
+    assert [(r.hash, r.role, r.replicas) for r in p3.revisions] == [(new_hash, "stable", 2)]
+    assert p3.retain == () and p3.status["phase"] == "Healthy" and "canary" not in p3.status
+    assert p3.status["stable"]["revision"] == 2 and p3.status["stable"]["version"] == "1.5.0"
+    assert p3.status["history"] == [
+        {"revision": 1, "hash": old_hash, "version": "1.4.0", "uri": "pvc://models/fraud/1.4.0/model.pt",
+         "time": "2026-03-01T12:10:00Z", "outcome": "Superseded",
+         "spec": {"model": {"uri": "pvc://models/fraud/1.4.0/model.pt", "version": "1.4.0"}},
+         "image": SETTINGS.server_image}
+    ]
+    assert p3.status["replicas"] == 2 and [e.reason for e in p3.events] == ["Promoted", "Ready"]
 
 
 def test_a_broken_new_revision_keeps_the_old_one_serving() -> None:
@@ -363,7 +371,8 @@ def test_a_broken_new_revision_keeps_the_old_one_serving() -> None:
     stuck = dep(h(changed), ready=0, available=0, conditions=(
         {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "timed out"},))
     p = plan(md(changed, dict(healthy.status), 2), Observed((dep(old_hash), stuck)), SETTINGS, T1)
-    assert p.status["phase"] == "Degraded" and p.retain == (f"fraud-{old_hash}",)
+    assert p.status["phase"] == "Degraded" and cond(p.status, "Degraded")["reason"] == "ProgressDeadlineExceeded"
+    assert [(r.role, r.replicas) for r in p.revisions] == [("stable", 2), ("canary", 2)]
     assert cond(p.status, "Available")["status"] == "True"
 
 

@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from modelship_operator.plan import Observed, plan
+from modelship_operator.plan import DeploymentState, Observed, plan
 from modelship_operator.render import APPLIED_HASH, applied_hash, render, to_yaml
 from modelship_operator.schema import validate as validate_crd
 from modelship_operator.settings import Settings
@@ -24,9 +24,10 @@ GOLDEN = Path(__file__).parent / "golden"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "input.yaml").is_file())
 K8S_VERSION = "1.34"
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
-# Not a core Kubernetes kind: kubernetes-validate has no schema for the Prometheus
-# Operator's CRDs, so its shape is pinned by the golden file alone.
-NOT_CORE = {"ServiceMonitor"}
+# Not core Kubernetes kinds: kubernetes-validate has no schema for the Prometheus
+# Operator's or the Gateway API's CRDs, so their shape is pinned by the golden files alone
+# (and, for the HTTPRoute, by test_httproute_follows_the_gateway_api_shape below).
+NOT_CORE = {"ServiceMonitor", "HTTPRoute"}
 
 
 def _render_case(case: str) -> list[dict]:
@@ -35,12 +36,22 @@ def _render_case(case: str) -> list[dict]:
     observed_file = GOLDEN / case / "observed.yaml"
     observed = yaml.safe_load(observed_file.read_text()) if observed_file.is_file() else {}
     md = ModelDeployment.from_body(body)
-    obs = Observed(servicemonitor_served=bool(observed.get("servicemonitorServed")))
+    deployments = tuple(
+        DeploymentState(d["name"], d["revision"], d["role"], d["replicas"], d["readyReplicas"], d["readyReplicas"],
+                        d["replicas"], 1, 1)
+        for d in observed.get("deployments") or ()
+    )
+    obs = Observed(
+        deployments=deployments,
+        servicemonitor_served=bool(observed.get("servicemonitorServed")),
+        httproute_served=bool(observed.get("httprouteServed")),
+    )
     return render(plan(md, obs, Settings(), NOW))
 
 
 def test_every_required_case_exists() -> None:
     assert {"cpu", "gpu-type", "mig", "autoscaling", "pvc-model", "http-model"} <= set(CASES)
+    assert {"canary-replicas", "canary-gateway"} <= set(CASES)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -87,3 +98,25 @@ def test_strict_validation_catches_a_broken_manifest() -> None:
     deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+def test_httproute_follows_the_gateway_api_shape() -> None:
+    """The fields of gateway.networking.k8s.io/v1 HTTPRoute we set, with their API types."""
+    manifests = {(m["kind"], m["metadata"]["name"]): m for m in _render_case("canary-gateway")}
+    route = manifests[("HTTPRoute", "fraud")]
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert route["spec"]["parentRefs"] == [{"name": "public", "namespace": "gateways", "sectionName": "https"}]
+    (rule,) = route["spec"]["rules"]
+    weights = {b["name"]: b["weight"] for b in rule["backendRefs"]}
+    assert weights == {"fraud-stable": 75, "fraud-canary": 25}
+    assert all(b["port"] == 8080 and set(b) == {"name", "port", "weight"} for b in rule["backendRefs"])
+    (mirror,) = rule["filters"]
+    assert mirror == {"type": "RequestMirror",
+                      "requestMirror": {"backendRef": {"name": "fraud-canary", "port": 8080}, "percent": 10}}
+    # Each role Service selects its revision's pods by hash; the Deployments' pods carry it.
+    for role in ("stable", "canary"):
+        service = manifests[("Service", f"fraud-{role}")]
+        revision = service["spec"]["selector"]["modelship.dev/revision"]
+        deployment = manifests[("Deployment", f"fraud-{revision}")]
+        assert deployment["metadata"]["labels"]["modelship.dev/role"] == role
+        assert deployment["spec"]["template"]["metadata"]["labels"]["modelship.dev/revision"] == revision
