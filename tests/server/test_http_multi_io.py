@@ -151,3 +151,57 @@ def test_requests_with_different_sequence_lengths_batch_by_shape(tmp_path_factor
         assert value(samples, "modelship_batch_size_rows_count") < len(cases)  # requests shared batches
         # Mixed lengths were grouped, not failed as one batch and re-run request by request.
         assert value(samples, "modelship_batch_splits_total") == 0
+
+
+def test_regression_feedback_gives_the_online_mae_and_drift_watches_the_named_input(mixer: ServerThread) -> None:
+    """A non-classifier: feedback joins the first output (MAE); the profile names input "a"."""
+    from metrics_text import parse, value
+    from modelship_server.drift import build_reference_profile, save_profile
+
+    rng = np.random.default_rng(1)
+    ids, truths, errors = [], [], []
+    for i in range(12):
+        rows = 1 + i % 3
+        a = rng.integers(-8, 8, (rows, 3)).astype(np.float32) / 4
+        b = rng.integers(-5, 5, (rows, 2))
+        r = httpx.post(mixer.url + "/v2/models/mixer/infer", json={"inputs": [
+            {"name": "a", "datatype": "FP32", "shape": list(a.shape), "data": a.ravel().tolist()},
+            {"name": "b", "datatype": "INT64", "shape": list(b.shape), "data": b.ravel().tolist()},
+        ]})  # fmt: skip
+        assert r.status_code == 200
+        off = np.full((rows, 1), 0.25 * (i % 4), np.float32)  # the truth differs by a known amount
+        ids.append(r.headers["x-request-id"])
+        truths.append((expected(a, b)[0] + off).tolist())
+        errors.extend(off.ravel().tolist())
+    r = httpx.post(mixer.url + "/v2/models/mixer/feedback",
+                   json={"feedback": [{"request_id": i, "truth": t} for i, t in zip(ids, truths)]})  # fmt: skip
+    assert r.status_code == 200 and r.json()["matched"] == len(ids), r.text
+    m = parse(httpx.get(mixer.url + "/metrics").text)
+    assert value(m, "modelship_online_mae") == pytest.approx(float(np.mean(errors)), abs=1e-6)
+    assert ("modelship_online_accuracy", frozenset({("model", "mixer"), ("version", "1")})) not in m
+
+    # A profile of input "a" (not the first input) next to a copy of the model: drift watches "a".
+    model_dir = Path(mixer.service.model.info.path).parent
+    a_train = rng.normal(0.0, 1.0, (2000, 3)).astype(np.float32)
+    save_profile(build_reference_profile(a_train, input_name="a"), model_dir)
+    try:
+        app = create_app(settings_for(model_dir, max_batch_size=16, max_delay_ms=1, drift_min_rows=100))
+        with ServerThread(app) as srv:
+            srv.wait_ready()
+            mon = srv.service.monitoring
+            assert mon.drift_state == "on" and mon.drift_input == "a"
+            for shift in (0.0, 3.0):
+                a = rng.normal(shift, 1.0, (300, 3)).astype(np.float32)
+                b = rng.integers(-5, 5, (300, 2))
+                r = httpx.post(srv.url + "/v2/models/mixer/infer", json={"inputs": [
+                    {"name": "a", "datatype": "FP32", "shape": [300, 3], "data": a.ravel().tolist()},
+                    {"name": "b", "datatype": "INT64", "shape": [300, 2], "data": b.ravel().tolist()},
+                ]})  # fmt: skip
+                assert r.status_code == 200
+                report = httpx.get(srv.url + "/v2/models/mixer/drift").json()
+                assert report["rows"] == 300 * (1 + int(shift > 0)) and report["input"] == "a"
+                if shift == 0.0:
+                    assert report["drift"] is False, report
+            assert report["drift"] is True and report["drifted"] == ["f0", "f1", "f2"]
+    finally:
+        (model_dir / "reference_profile.json").unlink()
