@@ -91,7 +91,10 @@ def bare_throughput(
 
     torch.set_num_threads(1)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    model = torch.jit.load(str(model_path), map_location=device).eval().to(dtype)
+    if model_path.suffix == ".pt2":  # torch.export program
+        model = torch.export.load(str(model_path)).module().to(device=device, dtype=dtype)
+    else:
+        model = torch.jit.load(str(model_path), map_location=device).eval().to(dtype)
     xb = torch.from_numpy(np.ascontiguousarray(x[:batch]))
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 

@@ -27,7 +27,10 @@ class BatchFeatures(BaseModel):
 
 
 def create_app(model_path: Path, device: str = "cpu") -> FastAPI:
-    model = torch.jit.load(str(model_path), map_location=device).eval()
+    if model_path.suffix == ".pt2":  # a torch.export program
+        model = torch.export.load(str(model_path)).module().to(device)
+    else:
+        model = torch.jit.load(str(model_path), map_location=device).eval()
     app = FastAPI(title="naive model server")
 
     @app.get("/health")
@@ -56,7 +59,7 @@ def create_app(model_path: Path, device: str = "cpu") -> FastAPI:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="naive one-forward-per-request FastAPI server")
-    p.add_argument("--model", type=Path, required=True, help="TorchScript file (model.pt)")
+    p.add_argument("--model", type=Path, required=True, help="TorchScript (model.pt) or torch.export (model.pt2) file")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8001)
     p.add_argument("--device", default="cpu")
