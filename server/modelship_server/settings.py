@@ -97,6 +97,10 @@ class Settings:
         for ok, message in checks:
             if not ok:
                 raise SettingsError(message)
+        for peer in self.feedback_peer_list:
+            host, sep, port = peer.rpartition(":")
+            if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+                raise SettingsError(f"feedback_peers: {peer!r} is not host:port")
 
     @property
     def threads(self) -> int:

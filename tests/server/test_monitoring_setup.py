@@ -105,6 +105,7 @@ def test_monitoring_settings_from_env_and_their_checks() -> None:
     assert s.feedback_peer_list == ["a:8080", "b:8080"] and s.audit_mask_fields == ["client", "input"]
     assert not Settings().audit_enabled and Settings(audit_file="/tmp/x").audit_enabled
     for bad in ({"audit_log": "stderr"}, {"audit_inputs": "all"}, {"audit_sample_rate": 2.0},
-                {"drift_interval_s": 0.0}, {"drift_ks_threshold": 1.5}, {"feedback_max_entries": -1}):  # fmt: skip
+                {"drift_interval_s": 0.0}, {"drift_ks_threshold": 1.5}, {"feedback_max_entries": -1},
+                {"feedback_peers": "a:8080,b"}, {"feedback_peers": "a:http"}):  # fmt: skip
         with pytest.raises(SettingsError):
             Settings(**bad)  # type: ignore[arg-type]
