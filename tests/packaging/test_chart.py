@@ -152,7 +152,7 @@ def test_optional_monitoring_is_off_by_default_and_complete_when_on() -> None:
     assert pm["spec"]["namespaceSelector"] == {"any": True}
     (endpoint,) = pm["spec"]["podMetricsEndpoints"]
     assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
-    assert {r["targetLabel"] for r in endpoint["relabelings"]} >= {"modeldeployment", "revision", "role"}
+    assert {r["targetLabel"] for r in endpoint["relabelings"]} >= {"modeldeployment", "revision"}
     assert len(by_kind(docs, "PrometheusRule")) == 1
     names = {d["metadata"]["name"] for d in by_kind(docs, "ConfigMap")}
     assert names == {"modelship-operator-dashboard", "modelship-operator-ksm-config"}
