@@ -109,3 +109,37 @@ def test_every_alert_reads_metrics_that_exist() -> None:
 @pytest.mark.parametrize("bogus", ["modelship_requets_total", "modelship_latency_seconds_bucket"])
 def test_the_metric_check_catches_a_typo(bogus: str) -> None:
     assert not _exists(bogus, _known())
+
+
+def _status_schema() -> dict:
+    crd = yaml.safe_load((ROOT / "crds" / "modeldeployments.modelship.dev.yaml").read_text())
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def _resolve(node: dict, path: list[str]) -> dict:
+    for part in path:
+        if node.get("type") == "array":
+            node = node["items"]
+        assert part in node.get("properties", {}), f"{part} not in the CRD schema"
+        node = node["properties"][part]
+    return node
+
+
+def test_kube_state_metrics_config_reads_fields_the_crd_defines() -> None:
+    """Every path the kube-state-metrics config reads exists in the CRD (status changes break it)."""
+    config = yaml.safe_load((CHART / "files" / "kube-state-metrics-config.yaml").read_text())
+    root = _status_schema()
+    (resource,) = config["spec"]["resources"]
+    assert resource["groupVersionKind"] == {"group": "modelship.dev", "version": "v1alpha1", "kind": "ModelDeployment"}
+    for metric in resource["metrics"]:
+        each = metric["each"]
+        spec = each[each["type"][0].lower() + each["type"][1:]]
+        base = _resolve(root, spec["path"])
+        if "valueFrom" in spec:
+            leaf = _resolve(base, spec["valueFrom"])
+            assert leaf["type"] in ("integer", "number", "boolean"), (metric["name"], leaf)
+        for label_path in spec.get("labelsFromPath", {}).values():
+            _resolve(base, label_path)
+        if each["type"] == "StateSet":
+            phases = base.get("enum") or spec["list"]
+            assert set(spec["list"]) == set(phases)
