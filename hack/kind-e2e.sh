@@ -21,8 +21,6 @@ SERVER_BASE=ghcr.io/modelship/server:$TAG-base
 TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}
 SYSTEM_NS=modelship-system
 NS=ml
-WORK=$(mktemp -d)
-KUBECONFIG_FILE=$WORK/kubeconfig
 PF_PID=""
 
 log() { printf '\n==> %s\n' "$*"; }
@@ -33,6 +31,9 @@ for tool in docker kind kubectl helm; do
 done
 docker info >/dev/null 2>&1 || die "no Docker engine is reachable"
 [ -x "$PYTHON" ] || die "no Python at $PYTHON (run make install, or set PYTHON)"
+
+WORK=$(mktemp -d)
+KUBECONFIG_FILE=$WORK/kubeconfig
 
 cleanup() {
   local rc=$?
