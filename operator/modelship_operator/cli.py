@@ -12,8 +12,8 @@
 `render` goes through the operator's own code path: schema validation, the typed spec,
 `plan` (with nothing observed yet) and `render`. The cluster commands read and write through
 `modelship_operator.kube`: promote/abort/retry only set an annotation that the operator acts
-on and then removes; rollback is the one command that patches `spec` (model uri, version,
-format), and it refuses without `--force` when a GitOps tool manages the object.
+on and then removes; rollback is the one command that patches `spec` (the pod-shaping fields
+a history entry recorded), and it refuses without `--force` when a GitOps tool manages the object.
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ import yaml
 
 from . import schema
 from .gitops import gitops_manager
-from .plan import ABORT_ANNOTATION, PROMOTE_ANNOTATION, PROMOTE_FULL, PROMOTE_STEP, RETRY_ANNOTATION, Observed, plan
+from .plan import (ABORT_ANNOTATION, PROMOTE_ANNOTATION, PROMOTE_FULL, PROMOTE_STEP, RETRY_ANNOTATION, SHAPING_KEYS,
+                   Observed, plan)
 from .render import render, to_yaml
 from .settings import Settings
 from .spec import API_VERSION, KIND, ModelDeployment, SpecError
@@ -361,14 +362,42 @@ def rollback_target(status: Mapping[str, Any], to_revision: int | None) -> Mappi
     return entry
 
 
-def rollback_patch(obj: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
-    """A conditional merge patch of spec.model back to the history entry's uri and version
-    (and format, when recorded): the pod-shaping fields that history keeps."""
-    model: dict[str, Any] = {"uri": entry["uri"], "version": str(entry.get("version") or "")}
+def rollback_patch(obj: Mapping[str, Any], entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A JSON patch (RFC 6902) that puts the entry's pod-shaping spec back, conditional on the
+    object not having changed since it was read.
+
+    Entries that carry `spec` (the pod-shaping fields as written) are restored exactly: each
+    shaping field is replaced, or removed when the revision did not set it. Older entries only
+    know the model's uri and version (and format): those are set, the rest is left alone.
+    """
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/resourceVersion",
+                                  "value": meta.get("resourceVersion")}]
+    recorded = entry.get("spec")
+    if isinstance(recorded, Mapping) and isinstance(recorded.get("model"), Mapping):
+        for key in SHAPING_KEYS:
+            if key in recorded:
+                ops.append({"op": "add", "path": f"/spec/{key}", "value": recorded[key]})
+            elif key in spec:
+                ops.append({"op": "remove", "path": f"/spec/{key}"})
+        return ops
+    ops.append({"op": "add", "path": "/spec/model/uri", "value": entry["uri"]})
+    ops.append({"op": "add", "path": "/spec/model/version", "value": str(entry.get("version") or "")})
     if entry.get("format"):
-        model["format"] = entry["format"]
-    return {"metadata": {"resourceVersion": (obj.get("metadata") or {}).get("resourceVersion")},
-            "spec": {"model": model}}
+        ops.append({"op": "add", "path": "/spec/model/format", "value": entry["format"]})
+    return ops
+
+
+def _already(spec: Mapping[str, Any], ops: list[dict[str, Any]]) -> bool:
+    """The patch would change nothing in spec."""
+    for op in ops[1:]:
+        parts = op["path"].split("/")[2:]
+        node: Any = spec
+        for part in parts:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if (op["op"] == "remove" and node is not None) or (op["op"] == "add" and node != op["value"]):
+            return False
+    return True
 
 
 def cmd_rollback(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, stdin: TextIO) -> int:
@@ -383,12 +412,11 @@ def cmd_rollback(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, 
             if not args.force:
                 raise CliError("refusing to patch a GitOps-managed object (use --force to do it anyway)")
         patch = rollback_patch(obj, entry)
-        current = (obj.get("spec") or {}).get("model") or {}
-        if all(current.get(k) == v for k, v in patch["spec"]["model"].items()):
-            out.write(f"{KIND} {namespace}/{args.name}: spec.model already matches revision "
+        if _already(obj.get("spec") or {}, patch):
+            out.write(f"{KIND} {namespace}/{args.name}: the spec already matches revision "
                       f"{entry.get('revision')} (version {entry.get('version')}); nothing to do\n")
             return
-        await kube.patch(API_VERSION, KIND, namespace, args.name, patch)
+        await kube.patch(API_VERSION, KIND, namespace, args.name, patch, json_patch=True)
         out.write(f"{KIND} {namespace}/{args.name}: rolling back to revision {entry.get('revision')} "
                   f"(version {entry.get('version')}, {entry.get('uri')})\n")
 

@@ -211,13 +211,13 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         except kube_mod.PermanentError as exc:  # e.g. status itself rejected: no hot loop
             raise kopf.PermanentError(str(exc)) from exc
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="forget-deleted")
-    async def on_md_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="forget-deleted",
+                   when=lambda type, **_: type == "DELETED")
+    async def on_md_deleted(body: kopf.Body, **_: Any) -> None:
         # Not an on.delete handler: that would add a finalizer. Drop the wake-up and baselines.
-        if type == "DELETED":
-            state.cancel_wakeup(body.metadata.namespace, body.metadata.name)
-            if body.metadata.uid:
-                state.memory.forget(body.metadata.uid)
+        state.cancel_wakeup(body.metadata.namespace, body.metadata.name)
+        if body.metadata.uid:
+            state.memory.forget(body.metadata.uid)
 
     @kopf.on.event("apps", "v1", "deployments", registry=registry, id="child-deployment",
                    labels={MANAGED_BY_LABEL: MANAGED_BY, INSTANCE_LABEL: kopf.PRESENT})

@@ -380,17 +380,21 @@ class Kube:
         return result or {}
 
     async def patch(
-        self, api_version: str, kind: str, namespace: str | None, name: str, body: Mapping[str, Any],
+        self, api_version: str, kind: str, namespace: str | None, name: str, body: Any,
+        *, json_patch: bool = False,
     ) -> dict[str, Any]:
-        """JSON merge patch of the object under our field manager (what `kubectl patch` does).
+        """Patch the object under our field manager (what `kubectl patch` does): a JSON merge
+        patch (a mapping), or with `json_patch` an RFC 6902 list of operations.
 
-        Put `metadata.resourceVersion` in the body to make it conditional: a concurrent change
-        then fails with 409 (TemporaryError) instead of being overwritten.
+        Make it conditional with `metadata.resourceVersion` in a merge patch (409 on a
+        concurrent change) or a `test` operation in a JSON patch (422 when it does not hold).
         """
         path = await self.path(api_version, kind, namespace, name)
         result = await self._request(
-            "PATCH", path, params={"fieldManager": self.field_manager}, body=dict(body),
-            content_type="application/merge-patch+json", what=f"patch {kind} {namespace}/{name}",
+            "PATCH", path, params={"fieldManager": self.field_manager},
+            body=list(body) if json_patch else dict(body),
+            content_type="application/json-patch+json" if json_patch else "application/merge-patch+json",
+            what=f"patch {kind} {namespace}/{name}",
         )
         return result or {}
 

@@ -766,12 +766,12 @@ class KubeDouble:
         return result
 
     async def patch(self, api_version: str, kind: str, namespace: str | None, name: str,
-                    body: Mapping[str, Any]) -> Obj:
+                    body: Any, *, json_patch: bool = False) -> Obj:
         self._maybe_fail("patch", kind)
         rtype = self.store.type_for(api_version, kind)
-        patch = copy.deepcopy(dict(body))
-        result = self._call(lambda: self.store.patch(rtype, namespace, name, "application/merge-patch+json",
-                                                     patch), "patch", kind)
+        patch = copy.deepcopy(list(body) if json_patch else dict(body))
+        patch_type = "application/json-patch+json" if json_patch else "application/merge-patch+json"
+        result = self._call(lambda: self.store.patch(rtype, namespace, name, patch_type, patch), "patch", kind)
         self.writes.append(Write("patch", kind, namespace, name, patch))
         return result
 

@@ -412,5 +412,20 @@ def test_rollback_is_conditional_on_the_object_read(api, monkeypatch) -> None:
 
     monkeypatch.setattr(cli, "rollback_patch", stale)
     code, out, err = run(["rollback", "fraud", "--kubeconfig", api.kubeconfig])
-    assert code == 1 and "409" in err
+    assert code == 1 and "test failed at /metadata/resourceVersion" in err
     assert api.md()["spec"]["model"]["version"] == "1.5.0"
+
+
+def test_rollback_restores_the_recorded_pod_shaping_spec_exactly(api) -> None:
+    old_spec = {"model": {"uri": "s3://models/fraud/1.3.0/model.pt2", "version": "1.3.0", "format": "torch-export"},
+                "server": {"precision": "bf16", "batching": {"maxBatchSize": 8}}}
+    entry = {**ROLLING["history"][1], "spec": old_spec, "image": "ghcr.io/modelship/server:0.1.0"}
+    api.set_status({**ROLLING, "history": [ROLLING["history"][0], entry]})
+    api.call(lambda: api.store.patch(api.store.type_for("modelship.dev/v1alpha1", "ModelDeployment"), "ml", "fraud",
+                                     "application/merge-patch+json",
+                                     {"spec": {"gpu": {"count": 1}, "server": {"env": [{"name": "A", "value": "1"}]}}}))
+    code, out, err = run(["rollback", "fraud", "--kubeconfig", api.kubeconfig])
+    assert code == 0, err
+    spec = api.md()["spec"]
+    assert {k: spec.get(k) for k in ("model", "server", "gpu")} == {**old_spec, "gpu": None}
+    assert spec["replicas"] == 4  # not pod-shaping: untouched

@@ -1,0 +1,401 @@
+"""A canary rollout end to end: the real kopf operator, real inference servers, real metrics.
+
+The operator (`python -m modelship_operator`) runs against the HTTP API server double. The test
+plays the kubelet and the Deployment controller (`PodController`): for every Deployment of the
+ModelDeployment it keeps `spec.replicas` Pods, Running with `status.podIP` 127.0.0.1 and the
+container port named `http` set to the port of a REAL `python -m modelship_server` process for
+the Deployment's model version, and reports the Deployment available. The operator's analysis
+therefore scrapes real `/metrics` of real servers while the test drives real traffic to them
+(bounded): 1.0.0 and 2.0.0 serve the example model; 3.0.0 wraps it in TorchScript that raises
+on a fifth of the inputs (as in test_metrics_source.py), so its canary fails analysis.
+
+Pods of one revision share one server process (the servers are the expensive part): their
+scrapes then count the same requests once per pod, which leaves error rates and latency as
+they are.
+
+With `pytest --cluster` the same file runs against a real cluster: it checks that a version
+change creates a canary Deployment, and skips the rest, which needs pods that run the server
+and serve real metrics (a kubelet and the image) -- see the skip reasons.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from apiserver_double import ApiServerDouble
+from kube_double import deployment_status
+from modelship_operator.cli import main as cli_main
+from modelship_operator.kube import Kube
+from modelship_operator.plan import PROMOTE_ANNOTATION
+from test_e2e import MD, Env, free_port, install_crd
+from test_metrics_source import _features, _start_server, _stop, _wait_for, flaky_model_dir  # noqa: F401
+
+pytestmark = pytest.mark.cluster
+
+NAME = "digits"
+STEPS = [{"setWeight": 20}, {"pause": {"duration": "2s"}}, {"setWeight": 50}, {"pause": {}}, {"setWeight": 100}]
+ANALYSIS = {"interval": "1s", "maxErrorRate": 0.05, "minRequests": 5, "failureLimit": 2}
+INSTANCE = "app.kubernetes.io/instance"
+REVISION = "modelship.dev/revision"
+# 10 pods: replicas mode realises weights 20 and 50 exactly (2/8, 5/5); the status reports the
+# effective weight (canary pods / all pods), so fewer pods could not tell the steps apart.
+REPLICAS = 10
+TRAFFIC_RPS = 15  # per server
+TRAFFIC_CAP = 20000  # requests in all, whatever happens
+
+
+class PodController:
+    """What the Deployment controller and the kubelet would do, inside the API server double."""
+
+    def __init__(self, double: ApiServerDouble, namespace: str, ports: dict[str, int]) -> None:
+        self.double, self.namespace, self.ports = double, namespace, ports
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pod-controller", daemon=True)
+        self._names = itertools.count(1)
+        self.errors: list[str] = []
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                self.double.call(self.sync)
+            except Exception as exc:  # surfaced by the test through self.errors
+                self.errors.append(repr(exc))
+
+    def sync(self) -> None:
+        """One pass: pods follow their Deployments; Deployments report what their pods are."""
+        store = self.double.store
+        pod_type, dep_type = store.type_for("v1", "Pod"), store.type_for("apps/v1", "Deployment")
+        deps = store.list(dep_type, self.namespace, f"{INSTANCE}={NAME}")
+        pods = store.list(pod_type, self.namespace, f"{INSTANCE}={NAME}")
+        by_owner: dict[str, list[dict]] = {}
+        for pod in pods:
+            by_owner.setdefault(pod["metadata"]["labels"].get("owner-deployment", ""), []).append(pod)
+        for dep in deps:
+            name = dep["metadata"]["name"]
+            template = dep["spec"]["template"]
+            container = template["spec"]["containers"][0]
+            version = next(e["value"] for e in container["env"] if e["name"] == "MODELSHIP_MODEL_VERSION")
+            wanted, have = int(dep["spec"].get("replicas", 1)), by_owner.pop(name, [])
+            for extra in have[wanted:]:
+                store.delete(pod_type, self.namespace, extra["metadata"]["name"])
+            for _ in range(wanted - len(have)):
+                self._create_pod(name, template, container, self.ports[version])
+            status = deployment_status(dep, wanted)
+            live = dep.get("status") or {}
+            if any(live.get(k) != status.get(k) for k in ("observedGeneration", "replicas", "readyReplicas")):
+                store.set_status(dep_type, self.namespace, name, status)
+        for orphans in by_owner.values():  # their Deployment is gone
+            for pod in orphans:
+                store.delete(pod_type, self.namespace, pod["metadata"]["name"])
+
+    def _create_pod(self, deployment: str, template: dict, container: dict, port: int) -> None:
+        store = self.double.store
+        labels = {**template["metadata"]["labels"], "owner-deployment": deployment}
+        ports = [dict(p, containerPort=port) if p.get("name") == "http" else p for p in container.get("ports", [])]
+        pod = store.create(store.type_for("v1", "Pod"), self.namespace, {
+            "metadata": {"name": f"{deployment}-rs-{next(self._names)}", "labels": labels},
+            "spec": {"containers": [{"name": container["name"], "image": container["image"], "ports": ports}]},
+        })
+        store.set_status(store.type_for("v1", "Pod"), self.namespace, pod["metadata"]["name"],
+                         {"phase": "Running", "podIP": "127.0.0.1",
+                          "conditions": [{"type": "Ready", "status": "True"}]})
+
+
+class Traffic:
+    """Bounded background load on every server: TRAFFIC_RPS each, a fifth of it unusual inputs."""
+
+    def __init__(self, bases: list[str]) -> None:
+        self.bases = bases
+        self.sent = 0
+        self.codes: dict[str, dict[int, int]] = {b: {} for b in bases}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="traffic", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient(timeout=5) as client:
+            i = 0
+            while not self._stop.is_set() and self.sent < TRAFFIC_CAP:
+                started = time.monotonic()
+
+                async def one(base: str, n: int) -> None:
+                    try:
+                        r = await client.post(f"{base}/predict", json={"features": _features(n % 5 == 0)})
+                        self.codes[base][r.status_code] = self.codes[base].get(r.status_code, 0) + 1
+                    except httpx.HTTPError:
+                        self.codes[base][0] = self.codes[base].get(0, 0) + 1
+
+                await asyncio.gather(*(one(b, i) for b in self.bases))
+                self.sent += len(self.bases)
+                i += 1
+                await asyncio.sleep(max(0.0, 1 / TRAFFIC_RPS - (time.monotonic() - started)))
+
+
+@pytest.fixture(scope="module")
+def rollout(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    tmp = tmp_path_factory.mktemp("e2e-rollout")
+    cluster = request.config.getoption("--cluster")
+    double = None
+    servers: list[Any] = []
+    if cluster:
+        from modelship_operator.kube import kubeconfig_path
+
+        kubeconfig = kubeconfig_path(os.environ)
+        if not kubeconfig.exists():
+            pytest.skip(f"--cluster given but there is no kubeconfig at {kubeconfig} (set KUBECONFIG)")
+    else:
+        pytest.importorskip("modelship_server")
+        example = request.getfixturevalue("example_model_dir")
+        flaky = request.getfixturevalue("flaky_model_dir")
+        for version, model in (("1.0.0", example), ("2.0.0", example), ("3.0.0", flaky)):
+            servers.append((version, _start_server(model, version, tmp / f"server-{version}.log")))
+        double = ApiServerDouble()
+        double.start()
+        kubeconfig = double.write_kubeconfig(tmp / "kubeconfig")
+    e = Env(kubeconfig=kubeconfig, namespace=f"modelship-rollout-{uuid.uuid4().hex[:6]}", double=double,
+            log_path=tmp / "operator.log", liveness=f"http://127.0.0.1:{free_port()}/healthz")
+
+    async def setup(kube: Kube) -> None:
+        await install_crd(kube)
+        await kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": e.namespace}})
+
+    controller = traffic = None
+    try:
+        e.call(setup)
+        e.environ = dict(os.environ, MODELSHIP_NAMESPACES=e.namespace, MODELSHIP_LOG_FORMAT="json",
+                         MODELSHIP_RESYNC_SECONDS="30", MODELSHIP_SERVER_IMAGE="ghcr.io/modelship/server:e2e")
+        e.start_operator()
+        for version, s in servers:
+            _wait_for(lambda s=s: httpx.get(f"{s.base}/v2/health/ready", timeout=1).status_code == 200,
+                      60, f"server {version} ready", s.proc)
+        if double is not None:
+            controller = PodController(double, e.namespace, {v: s.port for v, s in servers})
+            controller.start()
+            traffic = Traffic([s.base for _, s in servers])
+            traffic.start()
+        e.shared.update(controller=controller, traffic=traffic)
+        e.wait_live()
+        yield e
+    finally:
+        for helper in (traffic, controller):
+            if helper is not None:
+                helper.stop()
+        if e.process is not None and e.process.poll() is None:
+            e.process.terminate()
+            try:
+                e.process.wait(15)
+            except Exception:
+                e.process.kill()
+        for _, s in servers:
+            _stop(s.proc)
+        if double is None:
+            e.call(lambda k: k.delete("v1", "Namespace", None, e.namespace))
+        else:
+            double.stop()
+
+
+def _needs_pods(env: Env) -> None:
+    if env.double is None:
+        pytest.skip("real cluster: this step needs pods that run the server image and answer /metrics "
+                    "(a kubelet, the image, CPU); the API server double's pod controller drives them here")
+
+
+def md_body(namespace: str, version: str) -> dict:
+    return {
+        "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": NAME, "namespace": namespace},
+        "spec": {"model": {"uri": "file:///models/digits/model.pt", "version": version, "format": "torchscript"},
+                 "replicas": REPLICAS, "rollout": {"steps": STEPS, "analysis": ANALYSIS, "traffic": "replicas"}},
+    }
+
+
+async def _md(k: Kube, env: Env) -> dict:
+    return await k.get(*MD, env.namespace, NAME) or {}
+
+
+def _status(env: Env) -> dict:
+    return env.call(lambda k: _md(k, env)).get("status") or {}
+
+
+async def _deployments(k: Kube, env: Env) -> dict[str, dict]:
+    deps = await k.list("apps/v1", "Deployment", env.namespace, {INSTANCE: NAME})
+    return {d["metadata"]["labels"][REVISION]: d for d in deps}
+
+
+def _set_version(env: Env, version: str) -> None:
+    env.call(lambda k: k.patch(*MD, env.namespace, NAME, {"spec": {"model": {"version": version}}}))
+
+
+def _events(env: Env) -> list[dict]:
+    events = env.call(lambda k: k.list("v1", "Event", env.namespace))
+    return [e for e in events if e["involvedObject"]["name"] == NAME]
+
+
+def _cli(env: Env, *argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli_main([*argv, "-n", env.namespace, "--kubeconfig", str(env.kubeconfig)], env={},
+                    stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_first_version_goes_straight_to_stable(rollout: Env) -> None:
+    env = rollout
+    env.call(lambda k: k.create(md_body(env.namespace, "1.0.0")))
+
+    async def healthy(k: Kube) -> dict | None:
+        status = (await _md(k, env)).get("status") or {}
+        return status if status.get("phase") == "Healthy" or env.double is None and status.get("stable") else None
+
+    status = env.eventually(healthy, "the first revision stable (and Healthy)", timeout=30)
+    assert status["stable"]["version"] == "1.0.0" and not (status.get("canary") or {}).get("hash")
+    env.shared["v1"] = status["stable"]["hash"]
+
+
+def test_new_version_becomes_a_canary_with_a_replica_split(rollout: Env) -> None:
+    env = rollout
+    _set_version(env, "2.0.0")
+
+    async def canary(k: Kube) -> dict | None:
+        deps = await _deployments(k, env)
+        return deps if len(deps) == 2 else None
+
+    deps = env.eventually(canary, "a canary Deployment beside the stable one", timeout=30)
+    v1 = env.shared["v1"]
+    (v2,) = set(deps) - {v1}
+    env.shared["v2"] = v2
+    assert deps[v2]["metadata"]["labels"]["modelship.dev/role"] == "canary"
+    _needs_pods(env)
+
+    seen: list[tuple] = []
+
+    async def split(k: Kube) -> dict | None:
+        status = (await _md(k, env)).get("status") or {}
+        replicas = {h: d["spec"]["replicas"] for h, d in (await _deployments(k, env)).items()}
+        canary = status.get("canary") or {}
+        if not seen or seen[-1] != (canary.get("weight"), replicas):
+            seen.append((canary.get("weight"), replicas))
+        return status if canary.get("weight") == 20 and replicas == {v1: 8, v2: 2} else None
+
+    try:
+        status = env.eventually(split, "weight 20: 2 canary and 8 stable pods out of 10", timeout=30)
+    except AssertionError as exc:
+        raise AssertionError(f"(canary weight, replicas) seen: {seen}; events: "
+                             f"{[(e['reason'], e['message'], e.get('firstTimestamp')) for e in _events(env)]}") from exc
+    assert status["stable"]["hash"] == v1 and status["canary"]["version"] == "2.0.0"
+
+
+def test_weights_move_through_the_steps_to_the_manual_pause(rollout: Env) -> None:
+    env = rollout
+    _needs_pods(env)
+    seen: set[int] = set()
+
+    async def paused(k: Kube) -> dict | None:
+        status = (await _md(k, env)).get("status") or {}
+        canary = status.get("canary") or {}
+        seen.add(int(canary.get("weight") or 0))
+        passes = (canary.get("analysis") or {}).get("successes") or 0
+        return status if status.get("phase") == "Paused" and canary.get("weight") == 50 and passes >= 1 else None
+
+    status = env.eventually(paused, "the manual pause at weight 50 with a passing analysis", timeout=30)
+    assert 50 in seen and seen <= {0, 20, 50}, seen  # 20 was seen by the previous test
+    replicas = {h: d["spec"]["replicas"] for h, d in env.call(lambda k: _deployments(k, env)).items()}
+    assert replicas == {env.shared["v1"]: 5, env.shared["v2"]: 5}
+    analysis = status["canary"]["analysis"]
+    assert analysis["verdict"] in ("Pass", "Inconclusive") and analysis["failures"] == 0
+    assert analysis["requests"] >= 0 and "lastTime" in analysis
+    reasons = [e["reason"] for e in _events(env)]
+    assert "AnalysisPassed" in reasons and "RolloutPaused" in reasons
+    # it waits: a few analysis intervals later it is still paused at 50
+    time.sleep(2.5)
+    again = _status(env)
+    assert again["phase"] == "Paused" and again["canary"]["weight"] == 50
+    code, out, err = _cli(env, "status", NAME)
+    assert code == 0, err
+    assert "weight 50%" in out and "version 2.0.0" in out and "verdict" in out
+
+
+def test_promote_completes_the_rollout(rollout: Env) -> None:
+    env = rollout
+    _needs_pods(env)
+    code, out, err = _cli(env, "promote", NAME)
+    assert code == 0, err
+    v1, v2 = env.shared["v1"], env.shared["v2"]
+
+    async def promoted(k: Kube) -> dict | None:
+        md = await _md(k, env)
+        status = md.get("status") or {}
+        deps = await _deployments(k, env)
+        done = (status.get("stable") or {}).get("hash") == v2 and not (status.get("canary") or {}).get("hash")
+        return md if done and set(deps) == {v2} and status.get("phase") == "Healthy" else None
+
+    md = env.eventually(promoted, "revision 2 stable, revision 1 removed", timeout=30)
+    assert PROMOTE_ANNOTATION not in (md["metadata"].get("annotations") or {})  # consumed, then cleared
+    status = md["status"]
+    assert status["stable"]["version"] == "2.0.0"
+    assert [(h["hash"], h["version"], h["outcome"]) for h in status["history"]] == [(v1, "1.0.0", "Superseded")]
+    deps = env.call(lambda k: _deployments(k, env))
+    assert deps[v2]["spec"]["replicas"] == REPLICAS and deps[v2]["metadata"]["labels"]["modelship.dev/role"] == "stable"
+    code, out, err = _cli(env, "history", NAME)
+    assert code == 0 and "1.0.0" in out and "Superseded" in out
+
+
+def test_a_failing_canary_is_aborted(rollout: Env) -> None:
+    env = rollout
+    _needs_pods(env)
+    _set_version(env, "3.0.0")
+
+    async def aborted(k: Kube) -> dict | None:
+        status = (await _md(k, env)).get("status") or {}
+        canary = status.get("canary") or {}
+        return status if canary.get("aborted") and status.get("phase") == "Degraded" else None
+
+    status = env.eventually(aborted, "the flaky canary aborted", timeout=30)
+    canary = status["canary"]
+    assert canary["version"] == "3.0.0" and canary["weight"] == 0
+    assert canary["analysis"]["failures"] >= 2 and canary["analysis"]["verdict"] == "Fail"
+    assert "error rate" in canary["analysis"]["message"]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+    assert status["stable"]["version"] == "2.0.0"
+
+    async def scaled_down(k: Kube) -> bool:
+        deps = await _deployments(k, env)
+        return deps.get(canary["hash"], {}).get("spec", {}).get("replicas", 0) == 0 and \
+            deps[env.shared["v2"]]["spec"]["replicas"] == REPLICAS
+
+    env.eventually(scaled_down, "the aborted canary scaled to 0, stable back to all replicas", timeout=15)
+    warnings = [e for e in _events(env) if e["type"] == "Warning"]
+    assert any(e["reason"] == "AnalysisFailed" and "error rate" in e["message"] for e in warnings)
+    # the real servers saw what the operator measured: the flaky one answered 500s
+    traffic = env.shared["traffic"]
+    assert any(codes.get(500, 0) > 0 for codes in traffic.codes.values())
+    assert not env.shared["controller"].errors
+
+
+def test_operator_log_has_no_errors(rollout: Env) -> None:
+    bad = [line for line in rollout.log_lines() if line["level"] in ("error", "critical") or "exception" in line]
+    assert bad == []
