@@ -908,6 +908,11 @@ def _single_plan(md: ModelDeployment, observed: Observed, settings: Settings, no
             history.append(_entry(canary_before, "Cancelled", stamp))
     if stable_before.get("hash") and stable_before.get("hash") != hash_:
         history.append(_entry(stable_before, "Superseded", stamp))
+    consumed = tuple(a for a in ACTION_ANNOTATIONS if a in md.annotations)
+    if consumed:
+        rollout_events.append(
+            Event("Normal", "ActionIgnored", f"no canary rollout in progress: {', '.join(consumed)} has nothing to act on")
+        )
     # Outgoing revisions (a direct replacement) keep serving until the new one is fully
     # available, then are pruned. A cancelled canary is not kept.
     outgoing = [
@@ -940,7 +945,7 @@ def _single_plan(md: ModelDeployment, observed: Observed, settings: Settings, no
         retain=tuple(d.name for d in kept),
         status=status,
         events=_events(previous, status, rev, warnings, rollout_events),
-        consumed_actions=tuple(a for a in ACTION_ANNOTATIONS if a in md.annotations),
+        consumed_actions=consumed,
         traffic_mode=mode,
         route=route_plan(md, rev, None, 0, False) if mode == "gateway" else None,
     )

@@ -501,3 +501,49 @@ def test_failed_status_from_a_raw_body_that_does_not_parse() -> None:
     assert status["phase"] == "Failed" and status["observedGeneration"] == 5
     assert cond(status, "Ready")["reason"] == "InvalidSpec"
     assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded"}
+
+
+# --------------------------------------------------------------------------- monitoring
+
+
+def test_monitoring_is_rendered_into_the_server_env_and_shapes_the_revision() -> None:
+    plain = plan(md(), Observed(), SETTINGS, T0).revisions[0]
+    assert not any(e["name"].startswith(("MODELSHIP_DRIFT", "MODELSHIP_FEEDBACK", "MODELSHIP_AUDIT")) for e in plain.env)
+    b = body(monitoring={
+        "drift": {"reference": "file:///profiles/fraud.json", "window": 500, "interval": "1m", "threshold": 0.25},
+        "feedback": {"enabled": False, "ttl": "2h"},
+        "audit": {"enabled": True, "sampleRate": 0.1, "inputs": "digest", "maskFields": ["client", "card"]},
+    })
+    rev = plan(md(b), Observed(), SETTINGS, T0).revisions[0]
+    env = {e["name"]: e["value"] for e in rev.env}
+    assert {k: v for k, v in env.items() if k.startswith(("MODELSHIP_DRIFT", "MODELSHIP_FEEDBACK", "MODELSHIP_AUDIT"))} == {
+        "MODELSHIP_DRIFT_REFERENCE": "/profiles/fraud.json",
+        "MODELSHIP_DRIFT_WINDOW": "500",
+        "MODELSHIP_DRIFT_INTERVAL_S": "60",
+        "MODELSHIP_DRIFT_THRESHOLD": "0.25",
+        "MODELSHIP_FEEDBACK_TTL_S": "7200",
+        "MODELSHIP_FEEDBACK_MAX_ENTRIES": "0",  # the server's "feedback off"
+        "MODELSHIP_AUDIT_LOG": "stdout",
+        "MODELSHIP_AUDIT_SAMPLE_RATE": "0.1",
+        "MODELSHIP_AUDIT_INPUTS": "digest",
+        "MODELSHIP_AUDIT_MASK": "client,card",
+    }
+    assert rev.hash != plain.hash  # a monitoring change is a new revision
+    defaults = plan(md(body(monitoring={"drift": {"enabled": False}})), Observed(), SETTINGS, T0).revisions[0]
+    env = {e["name"]: e["value"] for e in defaults.env}
+    assert env["MODELSHIP_DRIFT_REFERENCE"] == "off" and env["MODELSHIP_AUDIT_LOG"] == "off"
+    assert env["MODELSHIP_FEEDBACK_MAX_ENTRIES"] == "100000" and env["MODELSHIP_FEEDBACK_TTL_S"] == "3600"
+
+
+def test_the_server_reads_the_monitoring_env_the_operator_renders() -> None:
+    server_settings = pytest.importorskip("modelship_server.settings")
+    b = body(monitoring={"drift": {"reference": "https://models.example.com/ref.json", "interval": "1.5m"},
+                         "feedback": {"ttl": "90s", "maxEntries": 10},
+                         "audit": {"enabled": True, "sampleRate": 0.5, "inputs": "summary", "maskFields": ["a"]}})
+    rev = plan(md(b), Observed(), SETTINGS, T0).revisions[0]
+    s = server_settings.Settings.from_env({e["name"]: e["value"] for e in rev.env})
+    assert (s.drift_reference, s.drift_interval_s, s.drift_window, s.drift_threshold) == (
+        "https://models.example.com/ref.json", 90.0, 1000, 0.2)
+    assert (s.feedback_ttl_s, s.feedback_max_entries) == (90.0, 10)
+    assert (s.audit_log, s.audit_sample_rate, s.audit_inputs, s.audit_mask) == ("stdout", 0.5, "summary", "a")
+    assert s.max_queue == 2048  # the CRD default, in rows

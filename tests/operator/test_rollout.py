@@ -482,3 +482,11 @@ def test_replicas_mode_split_at_the_first_step(total: int, weight: int, stable: 
     w = deployed(replicas=total, steps=[{"setWeight": weight}, {"pause": {}}])
     start_canary(w)
     assert w.replicas() == {"stable": stable, "canary": canary} and w.status["phase"] == "Paused"
+
+
+def test_an_action_without_a_canary_is_consumed_and_reported() -> None:
+    w = deployed()
+    w.annotations[PROMOTE_ANNOTATION] = "full"
+    p = w.reconcile()
+    assert p.consumed_actions == (PROMOTE_ANNOTATION,) and [e.reason for e in p.events] == ["ActionIgnored"]
+    assert w.settle() == [] and w.status["phase"] == "Healthy"
