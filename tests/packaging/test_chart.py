@@ -222,3 +222,12 @@ def test_values_yaml_documents_every_schema_property() -> None:
                 walk(sub, value[key], f"{path}.{key}")
 
     walk(schema, values, "values")
+
+
+def test_chart_sets_every_setting_the_plain_manifest_sets() -> None:
+    """deploy/operator.yaml and the chart configure the same operator settings."""
+    plain = [d for d in yaml.safe_load_all((ROOT / "deploy" / "operator.yaml").read_text()) if d and d["kind"] == "Deployment"]
+    (container,) = plain[0]["spec"]["template"]["spec"]["containers"]
+    _, chart = _operator({})
+    assert {e["name"] for e in container["env"]} <= {e["name"] for e in chart["env"]}
+    assert container["args"] == chart["args"]

@@ -110,3 +110,28 @@ def test_promote_step_refuses_a_manifest_without_a_model(tmp_path: Path) -> None
     proc = subprocess.run([sys.executable, str(SET_VERSION), str(target), "--uri", "s3://b/k", "--version", "1"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "not found" in proc.stderr
+
+
+@pytest.mark.parametrize("status,generation,verdict", [
+    ({"observedGeneration": 2, "phase": "Healthy"}, 2, "current"),
+    ({"observedGeneration": 2, "phase": "Progressing"}, 2, "inProgress"),
+    ({"observedGeneration": 2, "phase": "Paused"}, 2, "inProgress"),
+    ({"observedGeneration": 1, "phase": "Healthy"}, 2, "inProgress"),  # the operator has not seen the new spec
+    ({"phase": "Pending"}, 1, "inProgress"),
+    ({"observedGeneration": 3, "phase": "Degraded"}, 3, "failed"),
+    ({"observedGeneration": 3, "phase": "Failed"}, 3, "failed"),
+])
+def test_flux_health_expressions_classify_real_statuses(status: dict, generation: int, verdict: str) -> None:
+    """Flux evaluates healthCheckExprs as CEL over the object's top-level fields; so do we."""
+    celpy = pytest.importorskip("celpy")
+    (_, kustomization) = _docs(GITOPS / "flux-kustomization.yaml")
+    (check,) = kustomization["spec"]["healthCheckExprs"]
+    env = celpy.Environment()
+    activation = {"status": celpy.json_to_cel(status), "metadata": celpy.json_to_cel({"generation": generation})}
+
+    def holds(key: str) -> bool:
+        return bool(env.program(env.compile(check[key])).evaluate(activation))
+
+    # Flux checks inProgress first, then failed, then current.
+    got = next((k for k in ("inProgress", "failed", "current") if holds(k)), "unknown")
+    assert got == verdict
