@@ -5,6 +5,10 @@ reach `max_batch_size` or the oldest queued request has waited `max_delay` secon
 request is never split; one larger than `max_batch_size` runs alone. The predict function
 (injected, synchronous) runs on one dedicated worker thread so batches run back to back
 while the event loop keeps accepting; the clock is injected so tests can drive time.
+
+Batches are pipelined: while one batch computes, the next one may already be formed and
+handed to the worker (at most `pipeline_depth` batches in flight), so the worker never idles
+through the event loop's round trip of answering one batch before it is given the next.
 """
 from __future__ import annotations
 
@@ -82,6 +86,7 @@ class Batcher:
         clock: Clock | None = None,
         executor: Executor | None = None,
         observer: BatchObserver | None = None,
+        pipeline_depth: int = 2,
     ) -> None:
         self._predict = predict
         self.max_batch_size = max_batch_size
@@ -94,9 +99,13 @@ class Batcher:
         self._observer = observer
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
-        self._running_rows = 0
         self._waiter: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
+        self._pipeline_depth = max(1, pipeline_depth)
+        self._in_flight: set[asyncio.Task] = set()
+        # Batches handed to the worker, oldest first: the oldest is computing, the others
+        # wait in the pipeline and their live requests still count as queued for admission.
+        self._flight: deque[list[_Item]] = deque()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -128,11 +137,13 @@ class Batcher:
 
     @property
     def queued_rows(self) -> int:
-        return self._queued_rows
+        """Rows waiting: in the queue or in a batch that waits for the worker."""
+        waiting = sum(it.rows for batch in list(self._flight)[1:] for it in batch if it.state == _RUNNING)
+        return self._queued_rows + waiting
 
     @property
     def running_rows(self) -> int:
-        return self._running_rows
+        return sum(it.rows for it in self._flight[0]) if self._flight else 0
 
     # -- admission -------------------------------------------------------------------------
 
@@ -144,7 +155,8 @@ class Batcher:
         if self._closed or self._task is None:
             raise ShuttingDown()
         # An empty queue admits any request, so one larger than max_queue is not shed forever.
-        if self._queued_rows and self._queued_rows + rows > self.max_queue:
+        waiting = self.queued_rows
+        if waiting and waiting + rows > self.max_queue:
             raise QueueFull()
         clock = self._clock
         assert clock is not None and self._loop is not None
@@ -200,7 +212,7 @@ class Batcher:
                 head = self._head()
                 if head is None:
                     if self._closed:
-                        return
+                        break
                     await self._wait(None)
                     continue
                 # Wait for batch-mates until full or the oldest request's delay is spent.
@@ -212,9 +224,17 @@ class Batcher:
                     head = self._head()
                     if head is None:
                         break
+                # A free pipeline slot first: the batch is taken from the queue only when it
+                # can be handed to the worker, so late arrivals can still join it.
+                while len(self._in_flight) >= self._pipeline_depth:
+                    await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
                 batch = self._take()
                 if batch:
-                    await self._run_batch(batch)
+                    task = self._loop.create_task(self._run_batch(batch))  # type: ignore[union-attr]
+                    self._in_flight.add(task)
+                    task.add_done_callback(self._in_flight.discard)
+            if self._in_flight:
+                await asyncio.wait(self._in_flight)
         except Exception:  # a bug here would hang every request: fail them loudly instead
             log.exception("batcher loop crashed")
             self._closed = True
@@ -247,21 +267,20 @@ class Batcher:
         return batch
 
     async def _run_batch(self, batch: list[_Item]) -> None:
-        rows = sum(item.rows for item in batch)
-        self._running_rows = rows
+        self._flight.append(batch)
         assert self._loop is not None
         try:
-            outcomes, compute_s, split = await self._loop.run_in_executor(
-                self._executor, self._compute, [item.payload for item in batch]
+            computed, outcomes, compute_s, split = await self._loop.run_in_executor(
+                self._executor, self._compute, batch
             )
         except Exception as e:  # the executor itself failed (e.g. shut down)
-            outcomes, compute_s, split = [(False, e)] * len(batch), 0.0, False
-        self._running_rows = 0
-        if self._observer is not None:
-            self._observer.on_batch(rows, compute_s)
+            computed, outcomes, compute_s, split = batch, [(False, e)] * len(batch), 0.0, False
+        self._flight.popleft()  # one worker thread: batches finish in order
+        if self._observer is not None and computed:
+            self._observer.on_batch(sum(item.rows for item in computed), compute_s)
             if split:
                 self._observer.on_split()
-        for item, (ok, value) in zip(batch, outcomes):
+        for item, (ok, value) in zip(computed, outcomes):
             if item.timer is not None:
                 item.timer.cancel()
             item.state = _DONE
@@ -272,9 +291,18 @@ class Batcher:
             else:
                 item.future.set_exception(_as_server_error(value))
 
-    def _compute(self, payloads: list[Any]) -> tuple[list[tuple[bool, Any]], float, bool]:
-        """On the worker thread: the batched call, or on failure each payload alone."""
+    def _compute(
+        self, batch: list[_Item]
+    ) -> tuple[list[_Item], list[tuple[bool, Any]], float, bool]:
+        """On the worker thread: the batched call, or on failure each payload alone.
+
+        Requests that timed out while their batch waited in the pipeline are skipped.
+        """
         start = time.perf_counter()
+        computed = [item for item in batch if item.state != _DONE]
+        payloads = [item.payload for item in computed]
+        if not payloads:
+            return computed, [], 0.0, False
         split = False
         try:
             results = self._predict(payloads)
@@ -293,7 +321,7 @@ class Batcher:
                         outcomes.append((True, self._predict([payload])[0]))
                     except Exception as single:
                         outcomes.append((False, single))
-        return outcomes, time.perf_counter() - start, split
+        return computed, outcomes, time.perf_counter() - start, split
 
 
 def _as_server_error(e: BaseException) -> ServerError:
