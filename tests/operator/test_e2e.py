@@ -287,7 +287,9 @@ def test_spec_change_rolls_a_new_revision_and_prunes_the_old(env: Env) -> None:
         assert md["status"]["phase"] == "Healthy"
         events = env.call(lambda k: k.list("v1", "Event", env.namespace))
         reasons = [e["reason"] for e in events if e["involvedObject"]["name"] == NAME]
-        assert {"RevisionCreated", "Ready", "NewRevision"} <= set(reasons)
+        # without rollout steps the new revision is a canary until ready, then promoted
+        assert {"RevisionCreated", "Ready", "CanaryStarted", "Promoted"} <= set(reasons)
+        assert [h["version"] for h in md["status"]["history"]] == ["1.0.0"]
 
 
 def test_delete_lets_go_cleanly(env: Env) -> None:

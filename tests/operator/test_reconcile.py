@@ -151,6 +151,7 @@ def test_replicas_only_change_scales_the_same_revision(cluster: Cluster) -> None
 
 
 def test_model_version_change_replaces_the_revision_and_prunes_the_old_one(cluster: Cluster) -> None:
+    """Without rollout steps the new revision is a canary only until it is ready, then promoted."""
     cluster.create(example("quickstart-cpu.yaml"))
     cluster.reconcile("digits")
     (old,) = cluster.deployments()
@@ -167,15 +168,18 @@ def test_model_version_change_replaces_the_revision_and_prunes_the_old_one(clust
     assert result.pruned == []
     status = cluster.md("digits")["status"]
     assert status["phase"] == "Progressing"
-    assert status["stable"]["version"] == "1.1.0" and status["stable"]["revision"] == 2
-    assert "NewRevision" in [e.reason for e in result.events]
+    assert status["stable"]["version"] == "1.0.0" and status["stable"]["revision"] == 1
+    assert status["canary"]["version"] == "1.1.0" and status["canary"]["revision"] == 2
+    assert status["canary"]["weight"] == 0  # not ready: no traffic yet
 
     cluster.available(new_name)
     result = cluster.reconcile("digits")
     assert result.pruned == [f"Deployment/{old['metadata']['name']}"]
+    assert "Promoted" in [e.reason for e in result.events]
     assert [d["metadata"]["name"] for d in cluster.deployments()] == [new_name]
     status = cluster.md("digits")["status"]
     assert status["phase"] == "Healthy"
+    assert status["stable"]["version"] == "1.1.0" and status["stable"]["revision"] == 2
     assert [h["version"] for h in status["history"]] == ["1.0.0"]
     assert not cluster.reconcile("digits").wrote
 
