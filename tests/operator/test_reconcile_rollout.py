@@ -332,3 +332,40 @@ def test_action_annotations_are_removed_once_acted_on(servers: dict[str, Metrics
     r.reconcile()
     assert ABORT_ANNOTATION not in (r.md("digits")["metadata"].get("annotations") or {})
     assert r.reconcile().cleared == []
+
+
+def test_wakeups_reconcile_when_due_one_per_object_and_cancellable() -> None:
+    from modelship_operator.handlers import OperatorState
+    from modelship_operator.kube import Connection
+
+    async def go() -> None:
+        r = Rollout()
+        r.create(rollout_body())
+        state = OperatorState(settings=SETTINGS, connection=Connection(server="http://127.0.0.1:9"),
+                              kube=r.kube, clock=lambda: r.now)  # type: ignore[arg-type]
+        state.schedule_wakeup(NS, "digits", 0.0)  # at least MIN_REQUEUE_S later
+        first = state.wakeups[(NS, "digits")]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while not r.kube.writes and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert [w.kind for w in r.kube.writes if w.verb == "apply"], "the wake-up reconciled the object"
+        assert first.done() and not first.cancelled()
+        # a newer schedule replaces the older one: one task per object, the old one cancelled
+        state.schedule_wakeup(NS, "digits", 60)
+        older = state.wakeups[(NS, "digits")]
+        state.schedule_wakeup(NS, "digits", 60)
+        await asyncio.sleep(0)
+        assert len(state.wakeups) == 1 and older.cancelled()
+        # nothing timed (None) or a deleted object: no wake-up left
+        state.schedule_wakeup(NS, "digits", None)
+        assert state.wakeups == {}
+        state.schedule_wakeup(NS, "digits", 0.0)
+        r.kube.store.delete(r.md_type, NS, "digits")
+        deadline = loop.time() + 5
+        while state.wakeups and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert state.wakeups == {}
+        await state.stop_wakeups()
+
+    asyncio.run(go())
