@@ -23,6 +23,10 @@ model: install
 
 demo: model
 	$(BIN)/python examples/quickstart.py --model-dir examples/model
+	@echo; echo "What the operator would apply for examples/quickstart-cpu.yaml (kubectl-modelship render):"
+	@$(BIN)/kubectl-modelship render -f examples/quickstart-cpu.yaml > examples/model/quickstart-cpu.rendered.yaml
+	@grep -E '^kind:|^  name:' examples/model/quickstart-cpu.rendered.yaml | paste - - | sed 's/^/  /'
+	@echo "  (full manifests: examples/model/quickstart-cpu.rendered.yaml)"
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
