@@ -1,7 +1,7 @@
 """Server benchmark: the bare model vs a naive FastAPI server vs modelship, in one run.
 
     python benchmarks/bench_server.py --model-dir examples/model [--duration 10] [--connections 64]
-        [--repeat 3] [--device cuda] [--precision fp16] [--json results.json]
+        [--repeat 3] [--device cuda] [--precision fp16] [--monitoring on|off|both] [--json results.json]
 
 Prints one table:
   (a) the bare model in-process (torch.set_num_threads(1)) at batch 1 / 8 / 32,
@@ -12,6 +12,11 @@ Prints one table:
 with rows/s, p50 / p99 latency, modelship's mean batch size (from /metrics deltas of its
 batch-size histogram) and every rows/s as a ratio to the bare model at batch 32; then the
 targets as PASS / FAIL. Also how busy the machine was with other work while it measured.
+
+--monitoring (default both): modelship with its monitoring on (drift scored every second,
+feedback store, an audit line per request to a file: the issue 6 features, busier than the
+defaults) and/or off (no drift, no feedback, no audit); `both` runs it twice ("modelship"
+and "ms-nomon" rows) and prints the on/off ratio of every load.
 
 Needs `wrk` (Debian/Ubuntu: `sudo apt-get install -y wrk`; macOS: `brew install wrk`).
 Servers run as subprocesses on 127.0.0.1 on free ports and are always stopped.
@@ -75,6 +80,7 @@ class Results:
     settings: dict
     rows: list[Row] = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)
+    monitoring: list[dict] = field(default_factory=list)  # modelship on vs off, per load
 
     def find(self, system: str, load: str) -> Row | None:
         return next((r for r in self.rows if r.system == system and r.load == load), None)
@@ -427,9 +433,20 @@ def measure_server(
     return rows
 
 
-def modelship_cmd(args: argparse.Namespace, model_file: Path, port: int) -> tuple[list[str], dict]:
+# Monitoring on: every feature of issue 6 working during the measured runs (drift is scored
+# every second rather than every 30 s, every request is audited). Off: none of them.
+MONITORING_ENV = {
+    "on": {"MODELSHIP_DRIFT_INTERVAL_S": "1", "MODELSHIP_AUDIT_SAMPLE_RATE": "1"},
+    "off": {"MODELSHIP_DRIFT_REFERENCE": "off", "MODELSHIP_FEEDBACK_MAX_ENTRIES": "0", "MODELSHIP_AUDIT_LOG": "off"},
+}
+MONITORING_SYSTEMS = {"on": "modelship", "off": "ms-nomon"}
+
+
+def modelship_cmd(args: argparse.Namespace, model_file: Path, port: int, monitoring: str = "on",
+                  workdir: Path | None = None) -> tuple[list[str], dict]:  # fmt: skip
     """Command line and environment: its defaults, except a queue deep enough that 64
-    connections of 32-row requests are never shed (a benchmark of 503s measures nothing)."""
+    connections of 32-row requests are never shed (a benchmark of 503s measures nothing),
+    and monitoring on or off (MONITORING_ENV)."""
     cmd = [
         sys.executable, "-m", "modelship_server",
         "--model-uri", model_file.resolve().as_uri(),
@@ -440,7 +457,10 @@ def modelship_cmd(args: argparse.Namespace, model_file: Path, port: int) -> tupl
         "MODELSHIP_PRECISION": args.precision,
         "MODELSHIP_MAX_QUEUE": str(max(256, args.connections * BATCH_ROWS)),
         "MODELSHIP_LOG_LEVEL": "warning",
+        **MONITORING_ENV[monitoring],
     }
+    if monitoring == "on" and workdir is not None:
+        env["MODELSHIP_AUDIT_FILE"] = str(workdir / "audit.jsonl")
     return cmd + list(args.modelship_arg), env
 
 
@@ -472,6 +492,13 @@ def add_ratios_and_checks(res: Results) -> None:
                 "measured": f"{ratio:.3f}x", "pass": ratio >= TARGET_BATCH_VS_BARE,
             })  # fmt: skip
     for r in res.rows:
+        off = res.find(MONITORING_SYSTEMS["off"], r.load) if r.system == "modelship" else None
+        if off is not None and off.rows_per_s:
+            res.monitoring.append({
+                "load": r.load, "on_rows_per_s": r.rows_per_s, "off_rows_per_s": off.rows_per_s,
+                "ratio": r.rows_per_s / off.rows_per_s, "on_p99_ms": r.p99_ms, "off_p99_ms": off.p99_ms,
+            })  # fmt: skip
+    for r in res.rows:
         if r.failed:
             res.checks.append({
                 "target": f"{r.system} {r.load}: every request answered 2xx",
@@ -498,6 +525,11 @@ def print_table(res: Results) -> None:
               f"{fmt(r.p99_ms, '.2f'):>8} {fmt(r.mean_batch, '.1f'):>10} {fmt(r.vs_bare32, '.3f'):>9} "
               f"{fmt(r.server_cpu_cores, '.2f'):>9} {fmt(r.wrk_cpu_cores, '.2f'):>9} "
               f"{fmt(r.other_cpu_cores, '.2f'):>11} {r.failed:>7}")  # fmt: skip
+    if res.monitoring:
+        print("\nmonitoring on (modelship) vs off (ms-nomon):")
+        for m in res.monitoring:
+            print(f"  {m['load']:<16} {m['on_rows_per_s']:>10,.0f} vs {m['off_rows_per_s']:>10,.0f} rows/s "
+                  f"= {m['ratio']:.3f}x   p99 {fmt(m['on_p99_ms'], '.1f')} vs {fmt(m['off_p99_ms'], '.1f')} ms")  # fmt: skip
     print()
     for c in res.checks:
         print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {c['measured']}")
@@ -528,6 +560,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="leave a system out (repeatable)")  # fmt: skip
     p.add_argument("--modelship-arg", action="append", default=[],
                    help="extra argument for the modelship server (repeatable), e.g. --modelship-arg=--max-batch-size=64")  # fmt: skip
+    p.add_argument("--monitoring", default="both", choices=["on", "off", "both"],
+                   help="modelship with its monitoring (drift, feedback, audit) on, off, or both in turn")  # fmt: skip
     p.add_argument("--no-binary", action="store_true",
                    help="leave out modelship's 32-row V2 binary-tensor load")  # fmt: skip
     p.add_argument("--batch-metric", default=BATCH_METRIC, help="modelship's batch-size histogram")
@@ -580,12 +614,14 @@ def main(argv: list[str] | None = None) -> int:
                 with server(cmd, f"http://127.0.0.1:{port}/health", work / "naive.log") as pid:
                     res.rows += measure_server("naive", f"http://127.0.0.1:{port}", pid, plain, args, work, None)
             if "modelship" not in args.skip:
-                port = free_port()
-                base = f"http://127.0.0.1:{port}"
-                cmd, env = modelship_cmd(args, model_file, port)
-                res.settings["modelship_env"] = env
-                with server(cmd, base + "/v2/health/ready", work / "modelship.log", env) as pid:
-                    res.rows += measure_server("modelship", base, pid, plain + binary, args, work, base + "/metrics")
+                for mode in ("off", "on") if args.monitoring == "both" else (args.monitoring,):
+                    system = MONITORING_SYSTEMS[mode]
+                    port = free_port()
+                    base = f"http://127.0.0.1:{port}"
+                    cmd, env = modelship_cmd(args, model_file, port, mode, work)
+                    res.settings[f"{system}_env"] = env
+                    with server(cmd, base + "/v2/health/ready", work / f"{system}.log", env) as pid:
+                        res.rows += measure_server(system, base, pid, plain + binary, args, work, base + "/metrics")
         finally:
             if args.keep_logs:
                 shutil.copytree(work, args.keep_logs, dirs_exist_ok=True)

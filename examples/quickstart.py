@@ -6,8 +6,10 @@
 Starts the bundled server (`python -m modelship_server`) on the model, waits until it is
 ready, sends real held-out digits through `/predict`, `/predict/batch` and the Open
 Inference Protocol (`/v2/models/{name}/infer`), prints predictions against the true labels
-and the held-out accuracy, shows a few lines of `/metrics`, then stops the server with
-SIGTERM and checks that it exits cleanly. Exits non-zero on any failure.
+and the held-out accuracy, sends the true labels back as feedback (online accuracy) and asks
+for an input-drift report (held-out inputs, then deliberately shifted ones), shows a few lines
+of `/metrics`, then stops the server with SIGTERM and checks that it exits cleanly. Exits
+non-zero on any failure.
 """
 from __future__ import annotations
 
@@ -173,6 +175,41 @@ def v2_infer(base: str, name: str, x: np.ndarray, y: np.ndarray, labels: list[st
     print(f"  true      {' '.join(labels[t] for t in y)}")
 
 
+def monitoring(base: str, name: str, x: np.ndarray, y: np.ndarray, offline_accuracy: float) -> None:
+    """Feedback joined to earlier predictions by x-request-id, and drift against the training inputs."""
+    items = []
+    for start in range(0, len(x), 50):
+        headers, _ = post_ok(base, "/predict/batch", {"batch_features": x[start : start + 50].tolist()})
+        rid = headers.get("x-request-id") or headers.get("X-Request-Id")
+        items.append({"request_id": rid, "truth": y[start : start + 50].tolist()})
+    _, answer = post_ok(base, f"/v2/models/{name}/feedback", {"feedback": items})
+    status, _, text = call(base, "GET", "/metrics")
+    online = next((float(line.split()[-1]) for line in str(text).splitlines()
+                   if line.startswith("modelship_online_accuracy{")), float("nan"))  # fmt: skip
+    print(f"\nfeedback: POST /v2/models/{name}/feedback with the true labels of {len(items)} earlier "
+          f"requests (by x-request-id): {answer['matched']} matched")  # fmt: skip
+    print(f"  online accuracy from feedback (modelship_online_accuracy): {online:.4f}, "
+          f"as measured above: {offline_accuracy:.4f}")  # fmt: skip
+    if answer["matched"] != len(items) or abs(online - offline_accuracy) > 1e-9:
+        raise QuickstartError("online accuracy from feedback does not match the held-out accuracy")
+    status, _, report = call(base, "GET", f"/v2/models/{name}/drift")
+    if status != 200:
+        raise QuickstartError(f"GET /v2/models/{name}/drift -> {status}: {report}")
+    print(f"drift: GET /v2/models/{name}/drift over the last {report['rows']} inputs: "
+          f"PSI max {report['psi_max']:.3f} (threshold {report['threshold']:g}), drift {report['drift']}")  # fmt: skip
+    if report["drift"]:
+        raise QuickstartError("held-out inputs were reported as drifted")
+    shifted = x.copy()
+    shifted[:, 36] += 4.0  # one pixel column reads brighter: a camera that changed
+    for start in range(0, len(x), 50):
+        post_ok(base, "/predict/batch", {"batch_features": shifted[start : start + 50].tolist()})
+    _, _, report = call(base, "GET", f"/v2/models/{name}/drift")
+    print(f"  after {len(x)} inputs with pixel 36 brightened: drift {report['drift']}, "
+          f"drifted features {report['drifted']} (the exported gauges follow at the next interval)")  # fmt: skip
+    if report["drifted"] != ["f36"]:
+        raise QuickstartError(f"expected drift in f36 only, got {report['drifted']}")
+
+
 # The handful of families worth a first look, in this order (all prefixed modelship_).
 SHOWN_METRICS = {
     "modelship_model_info": "the served model",
@@ -181,6 +218,8 @@ SHOWN_METRICS = {
     "modelship_request_duration_seconds": "end-to-end latency",
     "modelship_queue_wait_seconds": "time waiting for batch-mates",
     "modelship_compute_seconds": "forward pass per batch",
+    "modelship_online_accuracy": "accuracy from feedback (ground truth joined by x-request-id)",
+    "modelship_drift_detected": "input drift against the training data (scored every 30 s)",
 }
 
 
@@ -255,6 +294,7 @@ def run(model_dir: Path, port: int, model_file: str) -> None:
                 print(f"/predict, {len(x)} one-digit requests from 16 threads at once: "
                       f"accuracy {acc_single:.4f}")  # fmt: skip
                 v2_infer(base, name, x[:8], y[:8], labels)
+                monitoring(base, name, x, y, acc_batch)
                 show_metrics(base)
                 if min(acc_batch, acc_single) < MIN_ACCURACY:
                     raise QuickstartError(f"held-out accuracy below {MIN_ACCURACY}")

@@ -143,6 +143,9 @@ def test_quickstart_runs_end_to_end(example_model_dir: Path) -> None:
     assert len(accuracies) == 2 and min(accuracies) > 0.9, out
     assert "cleanly" in out, out
     assert "modelship_" in out, out  # it printed metrics
+    # monitoring: feedback joined every request, drift found the one pixel it shifted
+    assert re.search(r"feedback: .* (\d+) earlier requests .*: \1 matched", out), out
+    assert "drift False" in out and "drifted features ['f36']" in out, out
 
 
 @pytest.mark.slow
@@ -163,9 +166,13 @@ def test_benchmark_script_measures_both_servers(example_model_dir: Path, tmp_pat
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = {(r["system"], r["load"]): r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {("bare", "batch 1"), ("bare", "batch 32"), ("naive", "1-row"),
-                         ("naive", "32-row"), ("modelship", "1-row"), ("modelship", "32-row"),
-                         ("modelship", "32-row v2 binary")}  # fmt: skip
+    loads = ("1-row", "32-row", "32-row v2 binary")
+    assert set(rows) == {("bare", "batch 1"), ("bare", "batch 32"), ("naive", "1-row"), ("naive", "32-row"),
+                         *(("modelship", load) for load in loads), *(("ms-nomon", load) for load in loads)}  # fmt: skip
+    # modelship ran with its monitoring on and off (--monitoring both, the default): both compared
+    compared = json.loads(out.read_text())["monitoring"]
+    assert [m["load"] for m in compared] == list(loads) and all(m["ratio"] > 0 for m in compared)
+    assert "monitoring on (modelship) vs off (ms-nomon)" in proc.stdout
     for r in rows.values():
         assert r["rows_per_s"] > 0 and r["failed"] == 0, r
     assert rows[("bare", "batch 32")]["vs_bare32"] == 1.0
