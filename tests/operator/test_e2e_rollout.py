@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import json
 import os
+import subprocess
 import threading
 import time
 import uuid
@@ -39,7 +41,7 @@ from modelship_operator.cli import main as cli_main
 from modelship_operator.kube import Kube
 from modelship_operator.plan import PROMOTE_ANNOTATION
 from test_e2e import MD, Env, free_port, install_crd
-from test_metrics_source import _features, _start_server, _stop, _wait_for, flaky_model_dir  # noqa: F401
+from test_metrics_source import PROMETHEUS, _features, _start_server, _stop, _wait_for, flaky_model_dir  # noqa: F401
 
 pytestmark = pytest.mark.cluster
 
@@ -56,10 +58,16 @@ TRAFFIC_CAP = 20000  # requests in all, whatever happens
 
 
 class PodController:
-    """What the Deployment controller and the kubelet would do, inside the API server double."""
+    """What the Deployment controller and the kubelet would do, inside the API server double.
+
+    With `sd_path` set it also writes Prometheus file-based service discovery: one target per
+    pod, labelled `namespace` and `pod` as the kubernetes-pods job would label it.
+    """
 
     def __init__(self, double: ApiServerDouble, namespace: str, ports: dict[str, int]) -> None:
-        self.double, self.namespace, self.ports = double, namespace, ports
+        self.double, self.ports = double, ports
+        self.namespaces = [namespace]
+        self.sd_path: Path | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pod-controller", daemon=True)
         self._names = itertools.count(1)
@@ -75,16 +83,20 @@ class PodController:
     def _run(self) -> None:
         while not self._stop.wait(0.2):
             try:
-                self.double.call(self.sync)
+                targets = [t for ns in list(self.namespaces) for t in self.double.call(lambda ns=ns: self.sync(ns))]
+                if self.sd_path is not None:
+                    tmp = self.sd_path.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(targets))
+                    tmp.replace(self.sd_path)  # atomic: Prometheus never reads half a file
             except Exception as exc:  # surfaced by the test through self.errors
                 self.errors.append(repr(exc))
 
-    def sync(self) -> None:
+    def sync(self, namespace: str) -> list[dict]:
         """One pass: pods follow their Deployments; Deployments report what their pods are."""
         store = self.double.store
         pod_type, dep_type = store.type_for("v1", "Pod"), store.type_for("apps/v1", "Deployment")
-        deps = store.list(dep_type, self.namespace, f"{INSTANCE}={NAME}")
-        pods = store.list(pod_type, self.namespace, f"{INSTANCE}={NAME}")
+        deps = store.list(dep_type, namespace, f"{INSTANCE}={NAME}")
+        pods = store.list(pod_type, namespace, f"{INSTANCE}={NAME}")
         by_owner: dict[str, list[dict]] = {}
         for pod in pods:
             by_owner.setdefault(pod["metadata"]["labels"].get("owner-deployment", ""), []).append(pod)
@@ -95,26 +107,32 @@ class PodController:
             version = next(e["value"] for e in container["env"] if e["name"] == "MODELSHIP_MODEL_VERSION")
             wanted, have = int(dep["spec"].get("replicas", 1)), by_owner.pop(name, [])
             for extra in have[wanted:]:
-                store.delete(pod_type, self.namespace, extra["metadata"]["name"])
+                store.delete(pod_type, namespace, extra["metadata"]["name"])
             for _ in range(wanted - len(have)):
-                self._create_pod(name, template, container, self.ports[version])
+                self._create_pod(namespace, name, template, container, self.ports[version])
             status = deployment_status(dep, wanted)
             live = dep.get("status") or {}
             if any(live.get(k) != status.get(k) for k in ("observedGeneration", "replicas", "readyReplicas")):
-                store.set_status(dep_type, self.namespace, name, status)
+                store.set_status(dep_type, namespace, name, status)
         for orphans in by_owner.values():  # their Deployment is gone
             for pod in orphans:
-                store.delete(pod_type, self.namespace, pod["metadata"]["name"])
+                store.delete(pod_type, namespace, pod["metadata"]["name"])
+        return [{"targets": [f"127.0.0.1:{self._port(p)}"], "labels": {"namespace": namespace, "pod": p["metadata"]["name"]}}
+                for p in store.list(pod_type, namespace, f"{INSTANCE}={NAME}")]
 
-    def _create_pod(self, deployment: str, template: dict, container: dict, port: int) -> None:
+    @staticmethod
+    def _port(pod: dict) -> int:
+        return next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"] if p["name"] == "http")
+
+    def _create_pod(self, namespace: str, deployment: str, template: dict, container: dict, port: int) -> None:
         store = self.double.store
         labels = {**template["metadata"]["labels"], "owner-deployment": deployment}
         ports = [dict(p, containerPort=port) if p.get("name") == "http" else p for p in container.get("ports", [])]
-        pod = store.create(store.type_for("v1", "Pod"), self.namespace, {
+        pod = store.create(store.type_for("v1", "Pod"), namespace, {
             "metadata": {"name": f"{deployment}-rs-{next(self._names)}", "labels": labels},
             "spec": {"containers": [{"name": container["name"], "image": container["image"], "ports": ports}]},
         })
-        store.set_status(store.type_for("v1", "Pod"), self.namespace, pod["metadata"]["name"],
+        store.set_status(store.type_for("v1", "Pod"), namespace, pod["metadata"]["name"],
                          {"phase": "Running", "podIP": "127.0.0.1",
                           "conditions": [{"type": "Ready", "status": "True"}]})
 
@@ -197,7 +215,7 @@ def rollout(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             controller.start()
             traffic = Traffic([s.base for _, s in servers])
             traffic.start()
-        e.shared.update(controller=controller, traffic=traffic)
+        e.shared.update(controller=controller, traffic=traffic, tmp=tmp)
         e.wait_live()
         yield e
     finally:
@@ -224,12 +242,13 @@ def _needs_pods(env: Env) -> None:
                     "(a kubelet, the image, CPU); the API server double's pod controller drives them here")
 
 
-def md_body(namespace: str, version: str) -> dict:
+def md_body(namespace: str, version: str, steps: list | None = None, analysis: dict | None = None) -> dict:
     return {
         "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelDeployment",
         "metadata": {"name": NAME, "namespace": namespace},
         "spec": {"model": {"uri": "file:///models/digits/model.pt", "version": version, "format": "torchscript"},
-                 "replicas": REPLICAS, "rollout": {"steps": STEPS, "analysis": ANALYSIS, "traffic": "replicas"}},
+                 "replicas": REPLICAS, "rollout": {"steps": steps or STEPS, "analysis": analysis or ANALYSIS,
+                                                   "traffic": "replicas"}},
     }
 
 
@@ -394,8 +413,92 @@ def test_a_failing_canary_is_aborted(rollout: Env) -> None:
     traffic = env.shared["traffic"]
     assert any(codes.get(500, 0) > 0 for codes in traffic.codes.values())
     assert not env.shared["controller"].errors
+    # the scrape path found the pods through the API (by revision label)
+    assert [path for method, path in list(env.double.requests)
+            if method == "GET" and path.startswith(f"/api/v1/namespaces/{env.namespace}/pods?")
+            and "modelship.dev%2Frevision" in path]
 
 
 def test_operator_log_has_no_errors(rollout: Env) -> None:
     bad = [line for line in rollout.log_lines() if line["level"] in ("error", "critical") or "exception" in line]
     assert bad == []
+
+
+# --------------------------------------------------------------------------- the PromQL path
+
+
+@pytest.fixture(scope="module")
+def promql(rollout: Env) -> Iterator[Env]:
+    """A real Prometheus scraping the pods (file-based discovery written by the pod controller)
+    and a second operator, for a second namespace, configured with its address."""
+    _needs_pods(rollout)
+    if not os.access(PROMETHEUS, os.X_OK):
+        pytest.skip("the prometheus binary is not installed (apt-get install prometheus); CI installs it")
+    controller: PodController = rollout.shared["controller"]
+    work = rollout.shared["tmp"] / "prometheus"
+    work.mkdir()
+    controller.sd_path = work / "pods.json"
+    (work / "prometheus.yml").write_text(json.dumps({
+        "global": {"scrape_interval": "500ms", "scrape_timeout": "500ms", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "pods", "file_sd_configs": [
+            {"files": [str(controller.sd_path)], "refresh_interval": "1s"}]}],
+    }))
+    port = free_port()
+    with (work / "prometheus.log").open("wb") as log:
+        proc = subprocess.Popen([PROMETHEUS, f"--config.file={work / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                                 "--log.level=warn"], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    e = Env(kubeconfig=rollout.kubeconfig, namespace=f"modelship-promql-{uuid.uuid4().hex[:6]}",
+            double=rollout.double, log_path=work / "operator.log",
+            liveness=f"http://127.0.0.1:{free_port()}/healthz")
+    try:
+        _wait_for(lambda: httpx.get(f"{base}/-/ready", timeout=1).status_code == 200, 30, "prometheus ready", proc)
+        e.call(lambda k: k.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": e.namespace}}))
+        controller.namespaces.append(e.namespace)
+        e.environ = dict(rollout.environ, MODELSHIP_NAMESPACES=e.namespace, MODELSHIP_PROMETHEUS_URL=base)
+        e.start_operator()
+        e.wait_live()
+        e.shared.update(prometheus=base)
+        yield e
+    finally:
+        if e.process is not None and e.process.poll() is None:
+            e.process.terminate()
+            try:
+                e.process.wait(15)
+            except subprocess.TimeoutExpired:
+                e.process.kill()
+        _stop(proc)
+
+
+def test_promql_path_aborts_a_failing_canary(promql: Env) -> None:
+    env = promql
+    # analysis windows of 3 s over 500 ms scrapes; one failed window aborts
+    analysis = {**ANALYSIS, "interval": "3s", "failureLimit": 1}
+    env.call(lambda k: k.create(md_body(env.namespace, "1.0.0", [{"setWeight": 50}, {"pause": {}}], analysis)))
+    env.eventually(lambda k: _healthy_stable(k, env), "the first revision stable", timeout=30)
+    _set_version(env, "3.0.0")
+
+    async def aborted(k: Kube) -> dict | None:
+        status = (await _md(k, env)).get("status") or {}
+        return status if (status.get("canary") or {}).get("aborted") else None
+
+    status = env.eventually(aborted, "the flaky canary aborted by the PromQL analysis", timeout=30)
+    result = status["canary"]["analysis"]
+    assert status["phase"] == "Degraded" and result["verdict"] == "Fail"
+    assert "error rate" in result["message"] and result["errorRate"] > ANALYSIS["maxErrorRate"]
+    # ... and the numbers came from Prometheus: it holds the canary pods' series
+    canary = status["canary"]["hash"]
+    series = httpx.get(f"{env.shared['prometheus']}/api/v1/series",
+                       params={"match[]": f'modelship_requests_total{{namespace="{env.namespace}"}}'}, timeout=5).json()
+    assert any(s["pod"].startswith(f"{NAME}-{canary}-") for s in series["data"])
+    # the operator never listed pods to scrape them (the scrape path would have)
+    assert not [path for method, path in list(env.double.requests)
+                if method == "GET" and path.startswith(f"/api/v1/namespaces/{env.namespace}/pods")]
+    bad = [line for line in env.log_lines() if line["level"] in ("error", "critical") or "exception" in line]
+    assert bad == []
+
+
+async def _healthy_stable(k: Kube, env: Env) -> dict | None:
+    status = (await _md(k, env)).get("status") or {}
+    return status if status.get("phase") == "Healthy" else None
