@@ -15,8 +15,9 @@ targets as PASS / FAIL. Also how busy the machine was with other work while it m
 
 --monitoring (default both): modelship with its monitoring on (drift scored every second,
 feedback store, an audit line per request to a file: the issue 6 features, busier than the
-defaults) and/or off (no drift, no feedback, no audit); `both` runs it twice ("modelship"
-and "ms-nomon" rows) and prints the on/off ratio of every load.
+defaults) and/or off (no drift, no feedback, no audit); `both` runs the two side by side,
+alternating their measured runs ("ms-nomon" and "modelship" rows), and prints the on/off
+ratio of every load.
 
 Needs `wrk` (Debian/Ubuntu: `sudo apt-get install -y wrk`; macOS: `brew install wrk`).
 Servers run as subprocesses on 127.0.0.1 on free ports and are always stopped.
@@ -35,7 +36,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -405,6 +406,14 @@ def measure_once(
     )
 
 
+@dataclass
+class Target:
+    system: str
+    base_url: str
+    pid: int
+    metrics_url: str | None
+
+
 def measure_server(
     system: str,
     base_url: str,
@@ -414,22 +423,34 @@ def measure_server(
     workdir: Path,
     metrics_url: str | None,
 ) -> list[Row]:
-    """Each load: a warm-up, then --repeat measured runs; the run of median rows/s is kept
-    (the others are in its `runs`), which damps the noise of a shared machine."""
+    return measure_servers([Target(system, base_url, pid, metrics_url)], loads, args, workdir)
+
+
+def measure_servers(targets: list[Target], loads: list[Load], args: argparse.Namespace, workdir: Path) -> list[Row]:
+    """Each load: a warm-up per server, then --repeat measured runs; the run of median rows/s
+    is kept (the others are in its `runs`), which damps the noise of a shared machine. With
+    several servers (modelship with monitoring off and on) the runs alternate between them,
+    so a burst of noise from other work hits both rather than one."""
     rows = []
     for load in loads:
-        lua = workdir / f"{system}-{load.name.replace(' ', '-')}.lua"
-        write_lua(lua, load)
-        if args.warmup > 0:
-            wait_idle(pid)
-            run_wrk(base_url, lua, args.warmup, args.connections, args.wrk_threads)
-        runs = [measure_once(system, base_url, pid, load, lua, args, metrics_url) for _ in range(args.repeat)]
-        runs.sort(key=lambda r: r.rows_per_s)
-        row = runs[len(runs) // 2]
-        row.runs = [{"rows_per_s": r.rows_per_s, "p99_ms": r.p99_ms, "other_cpu_cores": r.other_cpu_cores} for r in runs]
-        rows.append(row)
-        print(f"  {system:<10} {load.name:<16} {row.rows_per_s:>12,.0f} rows/s  "
-              f"p99 {row.p99_ms:.1f} ms  failed {row.failed}", flush=True)  # fmt: skip
+        luas = {}
+        for t in targets:
+            luas[t.system] = lua = workdir / f"{t.system}-{load.name.replace(' ', '-')}.lua"
+            write_lua(lua, load)
+            if args.warmup > 0:
+                wait_idle(t.pid)
+                run_wrk(t.base_url, lua, args.warmup, args.connections, args.wrk_threads)
+        runs: dict[str, list[Row]] = {t.system: [] for t in targets}
+        for _ in range(args.repeat):
+            for t in targets:
+                runs[t.system].append(measure_once(t.system, t.base_url, t.pid, load, luas[t.system], args, t.metrics_url))
+        for t in targets:
+            done = sorted(runs[t.system], key=lambda r: r.rows_per_s)
+            row = done[len(done) // 2]
+            row.runs = [{"rows_per_s": r.rows_per_s, "p99_ms": r.p99_ms, "other_cpu_cores": r.other_cpu_cores} for r in done]
+            rows.append(row)
+            print(f"  {t.system:<10} {load.name:<16} {row.rows_per_s:>12,.0f} rows/s  "
+                  f"p99 {row.p99_ms:.1f} ms  failed {row.failed}", flush=True)  # fmt: skip
     return rows
 
 
@@ -614,14 +635,18 @@ def main(argv: list[str] | None = None) -> int:
                 with server(cmd, f"http://127.0.0.1:{port}/health", work / "naive.log") as pid:
                     res.rows += measure_server("naive", f"http://127.0.0.1:{port}", pid, plain, args, work, None)
             if "modelship" not in args.skip:
-                for mode in ("off", "on") if args.monitoring == "both" else (args.monitoring,):
-                    system = MONITORING_SYSTEMS[mode]
-                    port = free_port()
-                    base = f"http://127.0.0.1:{port}"
-                    cmd, env = modelship_cmd(args, model_file, port, mode, work)
-                    res.settings[f"{system}_env"] = env
-                    with server(cmd, base + "/v2/health/ready", work / f"{system}.log", env) as pid:
-                        res.rows += measure_server(system, base, pid, plain + binary, args, work, base + "/metrics")
+                # both: the two servers run side by side (one idle while the other is measured)
+                with ExitStack() as stack:
+                    targets = []
+                    for mode in ("off", "on") if args.monitoring == "both" else (args.monitoring,):
+                        system = MONITORING_SYSTEMS[mode]
+                        port = free_port()
+                        base = f"http://127.0.0.1:{port}"
+                        cmd, env = modelship_cmd(args, model_file, port, mode, work)
+                        res.settings[f"{system}_env"] = env
+                        pid = stack.enter_context(server(cmd, base + "/v2/health/ready", work / f"{system}.log", env))
+                        targets.append(Target(system, base, pid, base + "/metrics"))
+                    res.rows += measure_servers(targets, plain + binary, args, work)
         finally:
             if args.keep_logs:
                 shutil.copytree(work, args.keep_logs, dirs_exist_ok=True)
