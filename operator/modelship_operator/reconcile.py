@@ -58,9 +58,8 @@ class KubeAPI(Protocol):
                            status_patch: Mapping[str, Any]) -> dict[str, Any]: ...
     async def create_event(self, involved: Mapping[str, Any], type: str, reason: str,
                            message: str) -> dict[str, Any]: ...
-    async def patch_metadata(self, api_version: str, kind: str, namespace: str | None, name: str, *,
-                             annotations: Mapping[str, str | None] | None = None,
-                             labels: Mapping[str, str | None] | None = None) -> dict[str, Any]: ...
+    async def patch(self, api_version: str, kind: str, namespace: str | None, name: str, body: Any,
+                    *, json_patch: bool = False) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -237,14 +236,25 @@ async def _baseline(kube: KubeAPI, md: ModelDeployment, desired: Plan, settings:
 async def _clear_actions(kube: KubeAPI, body: Mapping[str, Any], consumed: tuple[str, ...],
                          result: ReconcileResult) -> None:
     """Remove the action annotations the plan acted on (after its status is written), so each
-    request acts once. Only metadata is patched, never spec."""
+    request acts once. Only metadata is patched, never spec.
+
+    A JSON patch that first tests each value: an annotation set anew meanwhile (say promote
+    `full` after a consumed `step`) fails the test, stays, and is acted on at the next reconcile.
+    """
     present = (body.get("metadata") or {}).get("annotations") or {}
     gone = [key for key in consumed if key in present]
     if not gone:
         return
+    ops: list[dict[str, Any]] = []
+    for key in gone:
+        path = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
+        ops += [{"op": "test", "path": path, "value": present[key]}, {"op": "remove", "path": path}]
     meta = body["metadata"]
-    await kube.patch_metadata(API_VERSION, KIND, meta.get("namespace"), meta["name"],
-                              annotations={key: None for key in gone})
+    try:
+        await kube.patch(API_VERSION, KIND, meta.get("namespace"), meta["name"], ops, json_patch=True)
+    except PermanentError as exc:  # 422: changed meanwhile; the next reconcile sees the new value
+        log.info("action annotations of %s/%s changed meanwhile, kept: %s", meta.get("namespace"), meta["name"], exc)
+        return
     result.cleared.extend(gone)
 
 

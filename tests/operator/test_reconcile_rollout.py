@@ -320,11 +320,13 @@ def test_action_annotations_are_removed_once_acted_on(servers: dict[str, Metrics
     md = r.md("digits")
     assert md["metadata"]["annotations"] == {"team": "fraud"}  # only the consumed one
     assert md["metadata"]["generation"] == generation  # spec untouched
-    cleared = [w for w in r.kube.writes_since(mark) if w.verb == "patch_metadata"]
-    assert [w.body for w in cleared] == [{"annotations": {PROMOTE_ANNOTATION: None}}]
+    cleared = [w for w in r.kube.writes_since(mark) if w.verb == "patch"]
+    path = "/metadata/annotations/modelship.dev~1promote"
+    assert [w.body for w in cleared] == [[{"op": "test", "path": path, "value": "step"},
+                                          {"op": "remove", "path": path}]]
     # the status was written before the annotation went away: the promote is not lost
     kinds = [w.verb for w in r.kube.writes_since(mark)]
-    assert kinds.index("patch_status") < kinds.index("patch_metadata")
+    assert kinds.index("patch_status") < kinds.index("patch")
     assert md["status"]["canary"].get("hash") is None or md["status"]["canary"]["step"] >= 2
     # the same for abort; a reconcile without annotations removes nothing
     store.patch(r.md_type, NS, "digits", "application/merge-patch+json",
@@ -332,6 +334,23 @@ def test_action_annotations_are_removed_once_acted_on(servers: dict[str, Metrics
     r.reconcile()
     assert ABORT_ANNOTATION not in (r.md("digits")["metadata"].get("annotations") or {})
     assert r.reconcile().cleared == []
+
+
+def test_an_action_set_anew_meanwhile_is_kept_for_the_next_reconcile(servers: dict[str, MetricsServer]) -> None:
+    r = Rollout()
+    start_canary(r, servers)
+    store = r.kube.store
+    store.patch(r.md_type, NS, "digits", "application/merge-patch+json",
+                {"metadata": {"annotations": {PROMOTE_ANNOTATION: "step"}}})
+    body = r.md("digits")  # what the reconcile read ...
+    store.patch(r.md_type, NS, "digits", "application/merge-patch+json",  # ... then the user asks for more
+                {"metadata": {"annotations": {PROMOTE_ANNOTATION: "full"}}})
+    r.now += timedelta(seconds=1)
+    result = asyncio.run(reconcile(body, r.kube, r.settings, r.now, discovery=Discovery(ttl=0), memory=r.memory))
+    assert result.cleared == [] and result.error is None
+    assert r.md("digits")["metadata"]["annotations"][PROMOTE_ANNOTATION] == "full"
+    assert r.reconcile().cleared == [PROMOTE_ANNOTATION]
+    assert PROMOTE_ANNOTATION not in (r.md("digits")["metadata"].get("annotations") or {})
 
 
 def test_wakeups_reconcile_when_due_one_per_object_and_cancellable() -> None:
