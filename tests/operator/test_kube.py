@@ -135,6 +135,37 @@ def test_patch_metadata_sets_and_removes_annotations(kube: Kube) -> None:
     assert one["metadata"]["generation"] == 1  # metadata changes are not a new generation
 
 
+def test_patch_merges_or_applies_json_patch_conditionally(apiserver: ApiServerDouble, kube: Kube) -> None:
+    async def go(k: Kube) -> tuple[dict, dict, list[str]]:
+        live = await k.apply(DEP)
+        merged = await k.patch("apps/v1", "Deployment", "default", "web",
+                               {"metadata": {"resourceVersion": live["metadata"]["resourceVersion"]},
+                                "spec": {"replicas": 3}})
+        errors = []
+        try:  # the same resourceVersion again: stale now
+            await k.patch("apps/v1", "Deployment", "default", "web",
+                          {"metadata": {"resourceVersion": live["metadata"]["resourceVersion"]},
+                           "spec": {"replicas": 4}})
+        except TemporaryError as exc:
+            errors.append(f"{exc.status}")
+        ops = [{"op": "test", "path": "/spec/replicas", "value": 3}, {"op": "replace", "path": "/spec/replicas", "value": 5},
+               {"op": "remove", "path": "/metadata/labels/tier"}]
+        patched = await k.patch("apps/v1", "Deployment", "default", "web", ops, json_patch=True)
+        try:  # the test no longer holds: nothing changes
+            await k.patch("apps/v1", "Deployment", "default", "web", ops, json_patch=True)
+        except PermanentError as exc:
+            errors.append(f"{exc.status}")
+        return merged, patched, errors
+
+    merged, patched, errors = run(kube, go)
+    assert merged["spec"]["replicas"] == 3
+    assert patched["spec"]["replicas"] == 5 and "tier" not in patched["metadata"]["labels"]
+    assert errors == ["409", "422"]
+    writes = [w for w in apiserver.writes if w.method == "PATCH" and w.path.endswith("/deployments/web")]
+    assert [w.content_type for w in writes][-4:] == ["application/merge-patch+json"] * 2 + \
+        ["application/json-patch+json"] * 2
+
+
 def test_create_event_involves_the_object(kube: Kube) -> None:
     async def go(k: Kube) -> list[dict]:
         dep = await k.apply(DEP)
