@@ -160,7 +160,9 @@ def format_status(obj: Mapping[str, Any]) -> str:
         lines.append(
             f"  Canary:    revision {_cell(canary.get('revision'))} ({_cell(canary.get('hash'))})"
             f"  version {_cell(canary.get('version'))}  weight {_cell(canary.get('weight'), '0')}%"
-            f"  step {step}"
+            + (f" (asked {canary['requestedWeight']}%)" if canary.get("requestedWeight") not in
+               (None, canary.get("weight")) and not canary.get("aborted") else "")
+            + f"  step {step}"
             f"  ready {_cell(canary.get('readyReplicas'), '0')}/{_cell(canary.get('replicas'), '0')}"
             + ("  ABORTED" if canary.get("aborted") else "")
         )

@@ -164,6 +164,9 @@ def test_format_status_summarises_a_realistic_object() -> None:
     assert history[0].split()[:3] == ["REVISION", "VERSION", "OUTCOME"]
     assert history[1].split()[:3] == ["2", "1.3.0", "Aborted"]  # newest first
     assert "Note:" not in text
+    asked = {**REALISTIC, "status": {**REALISTIC["status"], "canary": {**REALISTIC["status"]["canary"],
+                                                                       "requestedWeight": 50}}}
+    assert "weight 25% (asked 50%)  step 2/3" in format_status(asked)
 
 
 def test_format_status_of_a_new_or_stale_object() -> None:
