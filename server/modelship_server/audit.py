@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Mapping
 
 import numpy as np
+import orjson
 
 INPUT_MODES = ("none", "digest", "summary", "raw")
 MASK = "***"
@@ -205,7 +206,7 @@ class AuditLogger:
             line["extra"] = dict(r.extra)
         if self.mask_fields:
             line = _mask(line, self.mask_fields)
-        return json.dumps(line, separators=(",", ":"), default=str)
+        return orjson.dumps(line, default=str).decode()  # ~5x faster than json.dumps: the thread shares the GIL
 
     def _run(self) -> None:
         while True:

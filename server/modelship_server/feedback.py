@@ -74,10 +74,10 @@ class FeedbackStats:
     evicted: int  # predictions dropped unanswered (age or capacity)
 
 
-@dataclass
-class _Entry:
-    at: float
-    predictions: np.ndarray
+# An entry is a plain (time recorded, predictions) tuple: a tuple holding only a float and an
+# array is untracked by the cyclic GC, so a full store does not lengthen the gen-2 collections
+# that stall the event loop (a dataclass or NamedTuple entry stays tracked).
+_AT, _PREDICTIONS = 0, 1
 
 
 class FeedbackStore:
@@ -106,7 +106,7 @@ class FeedbackStore:
         self._label_index = {str(name): i for i, name in enumerate(labels or ())}
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, np.ndarray]] = OrderedDict()
         self._rows = 0
         # id -> (time it left, why): answers "expired"/"duplicate" for one more TTL
         self._gone: OrderedDict[str, tuple[float, str]] = OrderedDict()
@@ -138,9 +138,9 @@ class FeedbackStore:
         with self._lock:
             old = self._entries.pop(request_id, None)
             if old is not None:
-                self._rows -= len(old.predictions)
+                self._rows -= len(old[_PREDICTIONS])
             self._gone.pop(request_id, None)
-            self._entries[request_id] = _Entry(now, preds)
+            self._entries[request_id] = (now, preds)
             self._rows += len(preds)
             self._evict(now)
 
@@ -163,11 +163,11 @@ class FeedbackStore:
                     return self._count(DUPLICATE, request_id, "feedback for this request id was already received")
                 return self._count(EXPIRED, request_id, f"the prediction was dropped before feedback arrived ({gone[1]})")
             try:
-                scores = self._score(entry.predictions, truth)
+                scores = self._score(entry[_PREDICTIONS], truth)
             except ValueError as exc:  # the entry stays: the client may retry with the right truth
                 return self._count(INVALID, request_id, str(exc))
             del self._entries[request_id]
-            self._rows -= len(entry.predictions)
+            self._rows -= len(entry[_PREDICTIONS])
             self._forget(request_id, now, MATCHED)
             self._push(scores)
             self._matched_rows += len(scores)
@@ -205,14 +205,14 @@ class FeedbackStore:
         entries = self._entries
         while entries:
             rid, entry = next(iter(entries.items()))
-            if now - entry.at > self.ttl:
+            if now - entry[_AT] > self.ttl:
                 why = f"older than {self.ttl:g}s"
             elif len(entries) > self.max_entries or (self.max_rows is not None and self._rows > self.max_rows):
                 why = "store full"
             else:
                 break
             entries.popitem(last=False)
-            self._rows -= len(entry.predictions)
+            self._rows -= len(entry[_PREDICTIONS])
             self._evicted += 1
             self._forget(rid, now, why)
         gone = self._gone

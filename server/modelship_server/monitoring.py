@@ -1,9 +1,10 @@
 """Model monitoring wired into the server: drift, feedback and audit (docs/monitoring.md).
 
 No torch, no FastAPI. `build_monitoring` runs once the model is loaded (on the loader
-thread: it may read or download the reference profile); `Monitoring.observe` is the whole
-request-path cost (a ring-buffer copy and a dict insert); drift is scored by `run` on an
-interval in a worker thread; the audit logger writes from its own thread.
+thread: it may read or download the reference profile). On the request path: `record` (a dict
+insert per request, on the event loop) and `observe_batch` (a ring-buffer copy per forward
+pass, on the forward thread); drift is scored by `run` on an interval in a worker thread; the
+audit logger formats and writes from its own thread.
 """
 from __future__ import annotations
 
@@ -44,21 +45,26 @@ class Monitoring:
     periodic: PeriodicStats = field(default_factory=PeriodicStats)
     observe_errors: int = 0  # inputs the drift monitor could not take (shape mismatch)
 
-    # -- request path (event loop) -------------------------------------------------------
-    def observe(self, request_id: str | None, inputs: Mapping[str, np.ndarray], result: Any) -> None:
-        """A successful inference: its inputs into the drift window, its predictions kept for feedback."""
+    # -- request path ----------------------------------------------------------------------
+    def observe_batch(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """The inputs of a forward pass that succeeded into the drift window. On the forward
+        thread, once per batch: no per-request cost on the event loop."""
         drift = self.drift
-        if drift is not None:
-            x = inputs.get(self.drift_input)
-            if x is not None:
-                try:
-                    drift.observe(x)
-                except ProfileError as e:
-                    self.observe_errors += 1
-                    if self.observe_errors == 1:
-                        log.warning("drift: input %r does not fit the reference profile: %s", self.drift_input, e)
+        if drift is None:
+            return
+        x = inputs.get(self.drift_input)
+        if x is not None:
+            try:
+                drift.observe(x)
+            except ProfileError as e:
+                self.observe_errors += 1
+                if self.observe_errors == 1:
+                    log.warning("drift: input %r does not fit the reference profile: %s", self.drift_input, e)
+
+    def record(self, request_id: str, result: Any) -> None:
+        """A successful request's predictions, kept under its request id for feedback (event loop)."""
         store = self.feedback
-        if store is not None and request_id is not None:
+        if store is not None:
             try:
                 if self.classifier and result.classes is not None:
                     preds = result.classes

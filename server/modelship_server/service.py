@@ -184,9 +184,9 @@ class Service:
         result = await batcher.submit(inputs, rows)
         if call is not None:
             call.rows, call.batch_size, call.inputs = rows, result.batch_rows, inputs
-        if self.monitoring is not None:
-            # Before the response is sent: feedback that races the response still finds it.
-            self.monitoring.observe(call.request_id if call is not None else None, inputs, result)
+            if self.monitoring is not None:
+                # Before the response is sent: feedback that races the response still finds it.
+                self.monitoring.record(call.request_id, result)
         return result
 
     def _run_batch(self, payloads: list[dict[str, np.ndarray]]) -> list[Result]:
@@ -209,6 +209,8 @@ class Service:
                     return results
             feed = {n: np.concatenate([p[n] for p in payloads]) for n in self._input_names}
         out = self.model.predict(feed)
+        if self.monitoring is not None:
+            self.monitoring.observe_batch(feed)  # once per forward pass, here on the forward thread
         probs = classes = None
         if self._classifier:
             probs = softmax(out[self._first_output])

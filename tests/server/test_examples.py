@@ -105,9 +105,16 @@ def test_the_model_standardises_inside(scripted, heldout) -> None:
     with torch.inference_mode():
         at_mean = scripted(mean.unsqueeze(0))
         raw = scripted(torch.from_numpy(x[:1]))
-    # Standardised input of exactly zero: the logits are what the biases alone produce.
-    w1, b1, w2, b2 = (v for k, v in state.items() if not k.endswith(("mean", "std")))
-    torch.testing.assert_close(at_mean[0], w2 @ torch.relu(b1) + b2)
+    # Standardised input of exactly zero: the logits are what the biases alone produce
+    # (any number of hidden layers: Linear, ReLU, ..., Linear).
+    params = [v for k, v in state.items() if not k.endswith(("mean", "std"))]
+    layers = list(zip(params[0::2], params[1::2]))  # (weight, bias) per Linear
+    h = torch.zeros(64)
+    for i, (w, b) in enumerate(layers):
+        h = w @ h + b
+        if i < len(layers) - 1:
+            h = torch.relu(h)
+    torch.testing.assert_close(at_mean[0], h)
     assert not torch.allclose(raw, at_mean)
 
 
