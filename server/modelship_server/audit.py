@@ -1,9 +1,10 @@
 """Prediction audit log: one JSON line per inference request, off the request path.
 
 No torch, no FastAPI. `AuditLogger.log` runs on the request path and only decides sampling
-and puts a small tuple on a bounded queue (a few microseconds); one background thread
-formats the JSON (digests and summaries included) and writes to the stream and the
-optional file, flushing once per drained burst. When the queue is full the line is dropped
+and appends a small tuple to a bounded deque (well under a microsecond: no lock, no thread
+wake-up); one background thread wakes every `flush_interval` seconds, formats the JSON
+(digests and summaries included) and writes to the stream and the optional file, one
+write and flush per wake-up. When the queue is full the line is dropped
 and counted: the audit log never slows or fails a request. Errors (status >= 400) are
 always logged; `sample_rate` applies to successes only.
 
@@ -17,13 +18,12 @@ sensitive data. Any key named in `mask_fields`, at any depth (a record field suc
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import queue
 import random
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,10 +34,9 @@ import orjson
 
 INPUT_MODES = ("none", "digest", "summary", "raw")
 MASK = "***"
-_STOP = object()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AuditRecord:
     request_id: str
     model: str
@@ -54,9 +53,15 @@ class AuditRecord:
     extra: Mapping[str, Any] | None = None  # e.g. selected headers; masked like the rest
 
 
+_second: list[Any] = [None, ""]  # (whole second, its "YYYY-MM-DDTHH:MM:SS" text): one writer thread
+
+
 def utc_iso(ts: float) -> str:
     """ISO 8601 UTC with milliseconds and a Z: 2026-01-02T03:04:05.678Z."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    sec, ms = divmod(int(ts * 1000), 1000)
+    if _second[0] != sec:  # the date text is formatted once per second, not per line
+        _second[:] = [sec, datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")]
+    return f"{_second[1]}.{ms:03d}Z"
 
 
 def input_digest(inputs: Mapping[str, np.ndarray] | None, body: bytes | None) -> str | None:
@@ -122,6 +127,7 @@ class AuditLogger:
         queue_size: int = 10_000,
         clock: Callable[[], float] = time.time,
         to_stream: bool = True,
+        flush_interval: float = 0.05,
     ) -> None:
         if include_inputs not in INPUT_MODES:
             raise ValueError(f"include_inputs must be one of {INPUT_MODES}, got {include_inputs!r}")
@@ -129,6 +135,8 @@ class AuditLogger:
             raise ValueError("sample_rate must be in [0, 1]")
         if queue_size < 1:
             raise ValueError("queue_size must be >= 1")
+        if flush_interval <= 0:
+            raise ValueError("flush_interval must be > 0")
         self.sample_rate, self.include_inputs = sample_rate, include_inputs
         self.mask_fields = frozenset(mask_fields)
         self._rng = rng or random.Random()
@@ -140,7 +148,11 @@ class AuditLogger:
         if path is not None:
             self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
             self._outputs.append(self._file)
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        # deque.append/popleft are atomic: the request path takes no lock and wakes no thread
+        self._pending: deque[Any] = deque()
+        self._queue_size = queue_size
+        self._flush_interval = flush_interval
+        self._wake = threading.Event()  # cuts the interval short (flush, close)
         self._closed = False
         self.logged = self.sampled_out = self.dropped = self.written = self.write_errors = 0
         self._thread = threading.Thread(target=self._run, name="modelship-audit", daemon=True)
@@ -167,14 +179,10 @@ class AuditLogger:
         if not self.should_log(record.status):
             self.sampled_out += 1
             return False
-        if self._closed:
-            self.dropped += 1
+        if self._closed or len(self._pending) >= self._queue_size:
+            self.dropped += 1  # closed, or the writer is stuck: drop rather than wait
             return False
-        try:
-            self._queue.put_nowait((self._clock(), record))
-        except queue.Full:
-            self.dropped += 1
-            return False
+        self._pending.append((self._clock(), record))
         self.logged += 1
         return True
 
@@ -209,36 +217,33 @@ class AuditLogger:
         return orjson.dumps(line, default=str).decode()  # ~5x faster than json.dumps: the thread shares the GIL
 
     def _run(self) -> None:
+        pending = self._pending
         while True:
-            items = [self._queue.get()]
-            # drain what is already queued: one flush per burst, not per line
-            while len(items) < 512:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            lines, events, stop = [], [], False
-            for item in items:
-                if item is _STOP:
-                    stop = True
-                elif isinstance(item, threading.Event):
-                    events.append(item)
-                else:
+            self._wake.wait(self._flush_interval)
+            self._wake.clear()
+            stop = self._closed  # read before draining: what was queued before close is written
+            while pending:
+                lines, events = [], []
+                while pending and len(lines) < 4096:
+                    item = pending.popleft()
+                    if isinstance(item, threading.Event):
+                        events.append(item)
+                        continue
                     try:
                         lines.append(self.format(*item))
                     except Exception:  # noqa: BLE001 - a bad record must not stop auditing
                         self.write_errors += 1
-            if lines:
-                text = "\n".join(lines) + "\n"
-                for out in self._outputs:
-                    try:
-                        out.write(text)
-                        out.flush()
-                    except Exception:  # noqa: BLE001 - e.g. a closed pipe; counted
-                        self.write_errors += 1
-                self.written += len(lines)
-            for event in events:
-                event.set()
+                if lines:
+                    text = "\n".join(lines) + "\n"
+                    for out in self._outputs:
+                        try:
+                            out.write(text)
+                            out.flush()
+                        except Exception:  # noqa: BLE001 - e.g. a closed pipe; counted
+                            self.write_errors += 1
+                    self.written += len(lines)
+                for event in events:
+                    event.set()
             if stop:
                 return
 
@@ -248,10 +253,8 @@ class AuditLogger:
         if self._closed or not self._thread.is_alive():
             return not self._thread.is_alive()
         done = threading.Event()
-        try:
-            self._queue.put(done, timeout=timeout)
-        except queue.Full:
-            return False
+        self._pending.append(done)
+        self._wake.set()
         return done.wait(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -259,12 +262,9 @@ class AuditLogger:
         if self._closed:
             return
         self._closed = True
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            pass
+        self._wake.set()
         self._thread.join(timeout)
-        if self._file is not None:
+        if self._file is not None and not self._thread.is_alive():
             self._file.close()
 
     def __enter__(self) -> AuditLogger:
