@@ -159,6 +159,7 @@ class RevisionPlan:
     startup_period_seconds: int = STARTUP_PERIOD_S
     startup_failure_threshold: int = STARTUP_FAILURES
     pre_stop_sleep_seconds: int = PRE_STOP_SLEEP_S
+    feedback: bool = False  # the server keeps predictions for feedback (and asks its peers)
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,9 @@ class Plan:
     # a role are selected by `selector_labels(name) | {REVISION_LABEL: hash}` =
     # `Plan.pod_selector(role)`; the Deployment is `Plan.revision(role).name`.
     analysis: AnalysisSpec | None = None
+    # The headless Service `<name>-peers` over the pods of every revision, whose DNS name is
+    # MODELSHIP_FEEDBACK_PEERS; None when no revision keeps predictions for feedback.
+    peers_service: str | None = None
 
     def revision(self, role: str) -> RevisionPlan | None:
         return next((r for r in self.revisions if r.role == role), None)
@@ -287,6 +291,24 @@ def service_url(name: str, namespace: str, settings: Settings) -> str:
     if settings.cluster_domain:
         host += f".{settings.cluster_domain}"
     return f"http://{host}:{SERVER_PORT}"
+
+
+def peers_service(name: str) -> str:
+    return f"{name}-peers"
+
+
+def feedback_peers(name: str, namespace: str, settings: Settings) -> str:
+    """MODELSHIP_FEEDBACK_PEERS: one DNS name whose A records are the ready pods of every
+    revision, so feedback for a canary's prediction is joined wherever the Service sent it."""
+    host = f"{peers_service(name)}.{namespace}.svc"
+    if settings.cluster_domain:
+        host += f".{settings.cluster_domain}"
+    return f"{host}:{SERVER_PORT}"
+
+
+def feedback_enabled(md: ModelDeployment) -> bool:
+    # spec.monitoring unset: the server's defaults, in which feedback is on.
+    return md.spec.monitoring is None or md.spec.monitoring.feedback.enabled
 
 
 def _previous_status(md: ModelDeployment) -> Mapping:
@@ -401,7 +423,7 @@ def _threads(md: ModelDeployment, resources: Mapping) -> int | None:
     return _cpu_cores(limits.get("cpu", requests.get("cpu")))
 
 
-def _env(md: ModelDeployment, source: ModelSource, resources: Mapping) -> tuple[Mapping, ...]:
+def _env(md: ModelDeployment, settings: Settings, source: ModelSource, resources: Mapping) -> tuple[Mapping, ...]:
     spec = md.spec
     batching = spec.server.batching
     server: dict[str, str] = {
@@ -423,6 +445,9 @@ def _env(md: ModelDeployment, source: ModelSource, resources: Mapping) -> tuple[
         server["MODELSHIP_TORCH_THREADS"] = str(threads)
     if spec.monitoring is not None:
         server.update(monitoring_env(spec.monitoring))
+    if feedback_enabled(md):
+        # Not part of the revision hash (it is derived, not spec): adding it rolls pods once.
+        server["MODELSHIP_FEEDBACK_PEERS"] = feedback_peers(md.name, md.namespace, settings)
     # The CRD forbids user variables named MODELSHIP_* and duplicates, so appending is safe
     # for server-side apply (which rejects duplicate names in env).
     env = [{"name": k, "value": v} for k, v in server.items()]
@@ -489,7 +514,7 @@ def revision_plan(
         version=md.spec.model.version,
         uri=md.spec.model.uri,
         image=image,
-        env=_env(md, source, resources),
+        env=_env(md, settings, source, resources),
         user_env=tuple(_jsonable(md.spec.server.env) or ()),
         resources=resources,
         node_selector=_node_selector(md, settings),
@@ -501,6 +526,7 @@ def revision_plan(
         termination_grace_seconds=PRE_STOP_SLEEP_S + timeout_s + 10,
         # Longer than the startup probe's budget, so slow loads are not reported as stuck.
         progress_deadline_seconds=STARTUP_PERIOD_S * STARTUP_FAILURES + 300,
+        feedback=feedback_enabled(md),
     )
 
 
@@ -880,6 +906,7 @@ def _base_plan(md: ModelDeployment, observed: Observed, settings: Settings, **fi
         # maxUnavailable 1 never blocks a single pod, so the budget follows the most wanted.
         pdb=most > 1 or (scaling is not None and scaling.max_replicas > 1),
         service_monitor=observed.servicemonitor_served,
+        peers_service=peers_service(md.name) if any(r.feedback for r in revisions) else None,
         **fields,
     )
 

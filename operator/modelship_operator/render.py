@@ -63,6 +63,8 @@ def render(plan: Plan) -> list[dict]:
     """Every desired child of the plan, fully formed for server-side apply, in a fixed order."""
     manifests = [_render_template("deployment.yaml.j2", plan=plan, rev=rev) for rev in plan.revisions]
     manifests.append(_render_template("service.yaml.j2", plan=plan))
+    if plan.peers_service is not None:
+        manifests.append(_render_template("peers-service.yaml.j2", plan=plan))
     if plan.route is not None:
         manifests.extend(
             _render_template("role-service.yaml.j2", plan=plan, backend=backend) for backend in plan.route.backends

@@ -508,7 +508,9 @@ def test_failed_status_from_a_raw_body_that_does_not_parse() -> None:
 
 def test_monitoring_is_rendered_into_the_server_env_and_shapes_the_revision() -> None:
     plain = plan(md(), Observed(), SETTINGS, T0).revisions[0]
-    assert not any(e["name"].startswith(("MODELSHIP_DRIFT", "MODELSHIP_FEEDBACK", "MODELSHIP_AUDIT")) for e in plain.env)
+    # Without spec.monitoring the server's defaults apply; only the (derived) peers name is set.
+    assert [e["name"] for e in plain.env if e["name"].startswith(("MODELSHIP_DRIFT", "MODELSHIP_FEEDBACK", "MODELSHIP_AUDIT"))
+            ] == ["MODELSHIP_FEEDBACK_PEERS"]
     b = body(monitoring={
         "drift": {"reference": "file:///profiles/fraud.json", "window": 500, "interval": "1m", "threshold": 0.25},
         "feedback": {"enabled": False, "ttl": "2h"},
@@ -547,3 +549,53 @@ def test_the_server_reads_the_monitoring_env_the_operator_renders() -> None:
     assert (s.feedback_ttl_s, s.feedback_max_entries) == (90.0, 10)
     assert (s.audit_log, s.audit_sample_rate, s.audit_inputs, s.audit_mask) == ("stdout", 0.5, "summary", "a")
     assert s.max_queue == 2048  # the CRD default, in rows
+
+
+# --------------------------------------------------------------------------- feedback peers
+
+
+def _env_of(rev: Any) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in rev.env}
+
+
+def test_feedback_peers_name_the_headless_service_of_every_revision() -> None:
+    p = plan(md(), Observed(), SETTINGS, T0)
+    assert p.peers_service == "fraud-peers"
+    assert _env_of(p.revisions[0])["MODELSHIP_FEEDBACK_PEERS"] == "fraud-peers.ml.svc.cluster.local:8080"
+    short = plan(md(), Observed(), Settings(cluster_domain=""), T0)
+    assert _env_of(short.revisions[0])["MODELSHIP_FEEDBACK_PEERS"] == "fraud-peers.ml.svc:8080"
+    # Feedback off: the server keeps no predictions, so there is nobody to ask and no Service.
+    off = plan(md(body(monitoring={"feedback": {"enabled": False}})), Observed(), SETTINGS, T0)
+    assert off.peers_service is None and "MODELSHIP_FEEDBACK_PEERS" not in _env_of(off.revisions[0])
+
+
+def test_feedback_peers_do_not_change_the_revision_hash() -> None:
+    """The peers address is derived from name and namespace, not spec: existing objects keep
+    their revision (their pods roll once, for the new variable, when the operator is upgraded)."""
+    a, b = copy.deepcopy(body()), copy.deepcopy(body())
+    b["metadata"]["namespace"] = "other"
+    pa, pb = plan(md(a), Observed(), SETTINGS, T0), plan(md(b), Observed(), SETTINGS, T0)
+    assert pa.revisions[0].hash == pb.revisions[0].hash
+    assert _env_of(pb.revisions[0])["MODELSHIP_FEEDBACK_PEERS"] == "fraud-peers.other.svc.cluster.local:8080"
+
+
+def test_a_canary_shares_the_peers_of_its_stable() -> None:
+    """Feedback for a canary's prediction may reach a stable pod (one Service, or HTTPRoute
+    weights): both revisions ask the same peers, and the Service stays while either keeps
+    predictions -- also when only the canary turns feedback on."""
+    off = body(monitoring={"feedback": {"enabled": False}})
+    healthy = plan(md(off), Observed((dep(h(off)),)), SETTINGS, T0)
+    assert healthy.peers_service is None
+    on = body(model={"uri": "pvc://models/fraud/1.5.0/model.pt", "version": "1.5.0"})
+    p = plan(md(on, dict(healthy.status), 2), Observed((dep(h(off)),)), SETTINGS, T1)
+    assert [r.role for r in p.revisions] == ["stable", "canary"]
+    stable, canary = p.revisions
+    assert "MODELSHIP_FEEDBACK_PEERS" not in _env_of(stable)  # rendered from its own spec
+    assert _env_of(canary)["MODELSHIP_FEEDBACK_PEERS"] == "fraud-peers.ml.svc.cluster.local:8080"
+    assert p.peers_service == "fraud-peers"
+
+
+def test_the_server_accepts_the_peers_the_operator_renders() -> None:
+    server_settings = pytest.importorskip("modelship_server.settings")
+    s = server_settings.Settings.from_env(_env_of(plan(md(), Observed(), SETTINGS, T0).revisions[0]))
+    assert s.feedback_peer_list == ["fraud-peers.ml.svc.cluster.local:8080"]

@@ -77,11 +77,12 @@ def test_first_reconcile_creates_every_child_owned_and_labelled(cluster: Cluster
     result = cluster.reconcile("recommender")
 
     kinds = sorted(a.split("/")[0] for a in result.applied)
-    assert kinds == ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
+    # Two Services: `recommender` and the headless `recommender-peers` (feedback is on by default).
+    assert kinds == ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service", "Service"]
     children = (cluster.deployments() + cluster.children("Service", "v1")
                 + cluster.children("HorizontalPodAutoscaler", "autoscaling/v2")
                 + cluster.children("PodDisruptionBudget", "policy/v1"))
-    assert len(children) == 4
+    assert len(children) == 5
     for child in children:
         meta = child["metadata"]
         assert meta["ownerReferences"] == [{
@@ -125,7 +126,7 @@ def test_pdb_only_when_more_than_one_replica_and_no_hpa_without_autoscaling(clus
     body["spec"]["replicas"] = 1
     cluster.create(body)
     result = cluster.reconcile("digits")
-    assert sorted(a.split("/")[0] for a in result.applied) == ["Deployment", "Service"]
+    assert sorted(a.split("/")[0] for a in result.applied) == ["Deployment", "Service", "Service"]
 
     cluster.patch_spec("digits", {"replicas": 3})
     result = cluster.reconcile("digits")
@@ -295,7 +296,24 @@ def test_prunes_only_our_own_children(cluster: Cluster) -> None:
 
     assert result.pruned == ["Service/digits-stale"]
     names = sorted(s["metadata"]["name"] for s in cluster.children("Service", "v1"))
-    assert names == ["digits", "digits-handmade"]
+    assert names == ["digits", "digits-handmade", "digits-peers"]
+
+
+def test_the_peers_service_follows_feedback(cluster: Cluster) -> None:
+    """Feedback on (the default): a headless `<name>-peers` Service the server is pointed at;
+    turned off: the Service is pruned and the variable is gone."""
+    cluster.create(example("quickstart-cpu.yaml"))
+    cluster.reconcile("digits")
+    peers = {s["metadata"]["name"]: s for s in cluster.children("Service", "v1")}["digits-peers"]
+    assert peers["spec"]["clusterIP"] == "None"
+    (dep,) = cluster.deployments()
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODELSHIP_FEEDBACK_PEERS"] == f"digits-peers.{NS}.svc.cluster.local:8080"
+
+    cluster.patch_spec("digits", {"monitoring": {"feedback": {"enabled": False}}})
+    result = cluster.reconcile("digits")
+    assert "Service/digits-peers" in result.pruned
+    assert sorted(s["metadata"]["name"] for s in cluster.children("Service", "v1")) == ["digits"]
 
 
 def test_service_monitor_when_its_crd_is_served(cluster: Cluster) -> None:

@@ -30,7 +30,7 @@ NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 NOT_CORE = {"ServiceMonitor", "HTTPRoute"}
 
 
-def _render_case(case: str) -> list[dict]:
+def _render_case(case: str, servicemonitor_served: bool | None = None) -> list[dict]:
     body = yaml.safe_load((GOLDEN / case / "input.yaml").read_text())
     assert validate_crd(body) == [], "golden inputs must be valid ModelDeployments"
     observed_file = GOLDEN / case / "observed.yaml"
@@ -43,7 +43,8 @@ def _render_case(case: str) -> list[dict]:
     )
     obs = Observed(
         deployments=deployments,
-        servicemonitor_served=bool(observed.get("servicemonitorServed")),
+        servicemonitor_served=bool(observed.get("servicemonitorServed")) if servicemonitor_served is None
+        else servicemonitor_served,
         httproute_served=bool(observed.get("httprouteServed")),
     )
     return render(plan(md, obs, Settings(), NOW))
@@ -120,3 +121,70 @@ def test_httproute_follows_the_gateway_api_shape() -> None:
         deployment = manifests[("Deployment", f"fraud-{revision}")]
         assert deployment["metadata"]["labels"]["modelship.dev/role"] == role
         assert deployment["spec"]["template"]["metadata"]["labels"]["modelship.dev/revision"] == revision
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """A metav1.LabelSelector (matchLabels, matchExpressions with In/NotIn/Exists/DoesNotExist)
+    or a plain Service selector, applied to one object's labels."""
+    structured = "matchLabels" in selector or "matchExpressions" in selector
+    match = selector.get("matchLabels", {}) if structured else selector
+    if any(labels.get(k) != v for k, v in match.items()):
+        return False
+    for expr in selector.get("matchExpressions", ()):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", ())
+        ok = {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_feedback_peers_resolve_to_the_pods_of_every_revision(case: str) -> None:
+    """The headless `<name>-peers` Service's DNS name is what each server gets as
+    MODELSHIP_FEEDBACK_PEERS, and its endpoints are the pods of every Deployment rendered
+    (stable and canary alike) and nothing else of this ModelDeployment."""
+    manifests = _render_case(case)
+    deployments = [m for m in manifests if m["kind"] == "Deployment"]
+    services = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "Service"}
+    name = yaml.safe_load((GOLDEN / case / "input.yaml").read_text())["metadata"]["name"]
+    peers = services.get(f"{name}-peers")
+    envs = [{e["name"]: e.get("value") for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+            for d in deployments]
+    feedback_on = [env.get("MODELSHIP_FEEDBACK_MAX_ENTRIES", "1") != "0" for env in envs]
+    if not any(feedback_on):
+        assert peers is None and all("MODELSHIP_FEEDBACK_PEERS" not in env for env in envs)
+        return
+    assert peers is not None
+    spec = peers["spec"]
+    assert spec["clusterIP"] == "None" and spec["publishNotReadyAddresses"] is False
+    address = f"{name}-peers.{peers['metadata']['namespace']}.svc.cluster.local:{spec['ports'][0]['port']}"
+    for deployment, env, on in zip(deployments, envs, feedback_on):
+        pod = deployment["spec"]["template"]
+        assert _selects(spec["selector"], pod["metadata"]["labels"])
+        assert _selects(deployment["spec"]["selector"], pod["metadata"]["labels"])
+        # The port the peers are asked on is the server's own port (headless: no port mapping).
+        (port,) = [p for p in pod["spec"]["containers"][0]["ports"] if p["name"] == spec["ports"][0]["targetPort"]]
+        assert port["containerPort"] == spec["ports"][0]["port"]
+        assert env.get("MODELSHIP_FEEDBACK_PEERS") == (address if on else None)
+    # The selector is exactly the instance's pods: another ModelDeployment's pods are not peers.
+    other = dict(deployments[0]["spec"]["template"]["metadata"]["labels"], **{"app.kubernetes.io/instance": "other"})
+    assert not _selects(spec["selector"], other)
+
+
+def test_no_feedback_means_no_peers_service() -> None:
+    kinds = [(m["kind"], m["metadata"]["name"]) for m in _render_case("monitoring")]
+    assert ("Service", "digits") in kinds and ("Service", "digits-peers") not in kinds
+
+
+def test_the_service_monitor_scrapes_each_pod_through_one_service_only() -> None:
+    """The peers Service (and, in gateway mode, the role Services) cover the same pods as
+    `<name>`; the ServiceMonitor must select `<name>` alone or every pod is scraped twice."""
+    for case in ("autoscaling", "canary-gateway"):
+        manifests = _render_case(case, servicemonitor_served=True)
+        (monitor,) = [m for m in manifests if m["kind"] == "ServiceMonitor"]
+        services = [m for m in manifests if m["kind"] == "Service"]
+        assert len(services) >= 2
+        selected = [s["metadata"]["name"] for s in services
+                    if _selects(monitor["spec"]["selector"], s["metadata"]["labels"])]
+        assert selected == [monitor["metadata"]["name"]]
