@@ -205,3 +205,15 @@ def test_regression_feedback_gives_the_online_mae_and_drift_watches_the_named_in
             assert report["drift"] is True and report["drifted"] == ["f0", "f1", "f2"]
     finally:
         (model_dir / "reference_profile.json").unlink()
+
+
+def test_predict_batch_row_limit_holds_for_named_inputs(mixer: ServerThread) -> None:
+    """{input: rows} bodies count their rows like a list of rows does, and are refused past the limit."""
+    limit = settings_for(Path("/unused")).max_batch_rows  # the fixture keeps the default
+    rows = limit + 1
+    body = {"batch_features": {"a": [[0.5, 0.0, 1.0]] * rows, "b": [[1, 2]] * rows}}
+    resp = httpx.post(mixer.url + "/predict/batch", json=body, timeout=30)
+    assert resp.status_code == 400, resp.text
+    assert f"{rows} rows exceed the limit of {limit}" in resp.json()["error"]
+    ok = httpx.post(mixer.url + "/predict/batch", json={"batch_features": {"a": [[0.5, 0.0, 1.0]], "b": [[1, 2]]}})
+    assert ok.status_code == 200 and ok.json()["outputs"]["positives"] == [2]

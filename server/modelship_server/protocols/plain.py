@@ -78,5 +78,7 @@ async def predict_batch(service: Service, body: bytes, call: Call | None = None)
     if isinstance(features, list) and len(features) > service.settings.max_batch_rows:
         raise BadRequest(f"batch_features: {len(features)} rows exceed the limit of {service.settings.max_batch_rows}")
     feed, rows = _feed(service, features, "batch_features", one_row=False)
+    if rows > service.settings.max_batch_rows:  # multi-input models send {input: rows}
+        raise BadRequest(f"batch_features: {rows} rows exceed the limit of {service.settings.max_batch_rows}")
     result = await service.infer(feed, rows, call)
     return ok(_body(service, result, single=False))
