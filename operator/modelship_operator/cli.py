@@ -472,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     named("abort", "abort the canary: weight 0, scaled down, phase Degraded (until retry or a spec change)",
           cmd_abort)
     named("retry", "restart an aborted canary from its first step", cmd_retry)
-    p = named("rollback", "patch spec.model back to a revision in status.history (default: the previous "
+    p = named("rollback", "patch the spec back to a revision in status.history (default: the previous "
               "one); refuses when a GitOps tool manages the object", cmd_rollback)
     p.add_argument("--to-revision", type=int, metavar="N", help="the revision number to go back to")
     p.add_argument("--force", action="store_true",

@@ -327,7 +327,9 @@ def test_action_annotations_are_removed_once_acted_on(servers: dict[str, Metrics
     # the status was written before the annotation went away: the promote is not lost
     kinds = [w.verb for w in r.kube.writes_since(mark)]
     assert kinds.index("patch_status") < kinds.index("patch")
-    assert md["status"]["canary"].get("hash") is None or md["status"]["canary"]["step"] >= 2
+    # the manual pause (step 1 of [setWeight 50, pause {}]) is over: the canary heads for 100%
+    canary = md["status"]["canary"]
+    assert canary["hash"] and canary["step"] == 2 and canary["requestedWeight"] == 100
     # the same for abort; a reconcile without annotations removes nothing
     store.patch(r.md_type, NS, "digits", "application/merge-patch+json",
                 {"metadata": {"annotations": {ABORT_ANNOTATION: "now"}}})
