@@ -364,12 +364,10 @@ def analysis_due(md: ModelDeployment, now: datetime) -> bool:
 # --------------------------------------------------------------------------- pod shaping
 
 
-# The init container runs the server image's own downloader (model plus an optional
-# signature.json next to it), so the server then loads a plain local file.
-_FETCH_SCRIPT = (
-    "import pathlib, sys; from modelship_server.model import fetch; "
-    "print(fetch(sys.argv[1], pathlib.Path(sys.argv[2])))"
-)
+# The init container runs the server image's own torch-free downloader (the model plus an
+# optional signature.json and reference_profile.json next to it), so the server then loads a
+# plain local file.
+_FETCH_MODULE = "modelship_server.fetch"
 
 
 def model_source(uri: str) -> ModelSource:
@@ -378,7 +376,7 @@ def model_source(uri: str) -> ModelSource:
         return ModelSource("pvc", uri, f"file://{posixpath.join(MODEL_MOUNT, path)}", claim=claim)
     if uri.startswith(("http://", "https://", "s3://")):
         target = posixpath.join(MODEL_MOUNT, download_name(uri))
-        command = ("python", "-c", _FETCH_SCRIPT, uri, MODEL_MOUNT)
+        command = ("python", "-m", _FETCH_MODULE, uri, MODEL_MOUNT)
         return ModelSource("download", uri, f"file://{target}", fetch_command=command)
     return ModelSource("image", uri, uri)
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from .audit import AuditLogger
 from .drift import PROFILE_FILENAME, DriftMonitor, DriftReport, PeriodicStats, ProfileError, load_profile, run_periodically
+from .fetch import fetch_file
 from .feedback import FeedbackStore
 from .settings import Settings
 from .signature import Signature
@@ -148,8 +149,6 @@ def locate_profile(settings: Settings, model_path: str | None) -> Path | None:
         return model_dir / PROFILE_FILENAME
     parsed = urllib.parse.urlparse(ref)
     if parsed.scheme in REMOTE_SCHEMES:
-        from .model import fetch_file  # the downloader lives with the model loader (torch is loaded)
-
         target = Path(settings.model_dir) / "drift" / PROFILE_FILENAME
         fetch_file(ref, target)
         return target
@@ -160,8 +159,6 @@ def locate_profile(settings: Settings, model_path: str | None) -> Path | None:
         local = model_dir / path
         model_uri = urllib.parse.urlparse(settings.model_uri)
         if not local.exists() and model_uri.scheme in REMOTE_SCHEMES:
-            from .model import fetch_file
-
             fetch_file(settings.model_uri.rsplit("/", 1)[0] + "/" + path.as_posix(), local)
         path = local
     if not path.exists():
