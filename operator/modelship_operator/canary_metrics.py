@@ -26,11 +26,10 @@ from typing import Any, Protocol
 
 from . import analysis as a
 from .metrics_source import ScrapeError, query_prometheus, scrape
+from .plan import INSTANCE_LABEL, REVISION_LABEL
 
 log = logging.getLogger(__name__)
 
-REVISION_LABEL = "modelship.dev/revision"
-INSTANCE_LABEL = "app.kubernetes.io/instance"
 PORT_NAME = "http"
 DEFAULT_PORT = 8080  # the server's port when a pod spec names none
 SCRAPE_TIMEOUT_S = 5.0

@@ -40,7 +40,10 @@ from .split import scale_plan, split_replicas
 from .spec import API_VERSION, KIND, AnalysisSpec, ModelDeployment, MonitoringSpec, SpecError, parse_duration
 
 MANAGED_BY = "modelship-operator"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 REVISION_LABEL = "modelship.dev/revision"
+APPLIED_HASH = "modelship.dev/applied-hash"  # on every child: reconcile skips unchanged applies
 ROLE_LABEL = "modelship.dev/role"
 SERVER_PORT = 8080
 MODEL_MOUNT = "/mnt/models"  # PVC mount or download target inside the pod
@@ -213,8 +216,8 @@ class Plan:
     traffic_mode: str = "replicas"  # replicas | gateway (what was rendered)
     route: RoutePlan | None = None  # gateway mode: the HTTPRoute and the per-role Services
     # The analysis to run while the canary takes traffic (None: no analysis now). Pods of
-    # a role are selected by `selector_labels(name) | {REVISION_LABEL: hash}` =
-    # `Plan.pod_selector(role)`; the Deployment is `Plan.revision(role).name`.
+    # a role carry INSTANCE_LABEL and REVISION_LABEL = `Plan.revision(role).hash`; the
+    # Deployment is `Plan.revision(role).name`.
     analysis: AnalysisSpec | None = None
     # The headless Service `<name>-peers` over the pods of every revision, whose DNS name is
     # MODELSHIP_FEEDBACK_PEERS; None when no revision keeps predictions for feedback.
@@ -222,10 +225,6 @@ class Plan:
 
     def revision(self, role: str) -> RevisionPlan | None:
         return next((r for r in self.revisions if r.role == role), None)
-
-    def pod_selector(self, role: str) -> dict[str, str] | None:
-        rev = self.revision(role)
-        return None if rev is None else {**self.selector, REVISION_LABEL: rev.hash}
 
 
 # --------------------------------------------------------------------------- helpers

@@ -18,17 +18,14 @@ from typing import Any, Protocol
 from . import canary_metrics
 from .analysis import Verdict
 from .kube import KubeError, PermanentError
-from .plan import (MANAGED_BY, AnalysisResult, DeploymentState, Event, Observed, Plan, analysis_due,
-                   failed_status, parse_time, plan)
+from .plan import (APPLIED_HASH, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, AnalysisResult,
+                   DeploymentState, Event, Observed, Plan, analysis_due, failed_status, parse_time, plan)
 from .render import render
 from .settings import Settings
 from .spec import API_VERSION, KIND, ModelDeployment, SpecError
 
 log = logging.getLogger(__name__)
 
-APPLIED_HASH = "modelship.dev/applied-hash"
-INSTANCE_LABEL = "app.kubernetes.io/instance"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 # (group, version, plural) of the optional CRDs whose presence changes what we render.
 SERVICE_MONITORS = ("monitoring.coreos.com", "v1", "servicemonitors")

@@ -14,9 +14,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from .plan import Plan
-
-APPLIED_HASH = "modelship.dev/applied-hash"
+from .plan import APPLIED_HASH, Plan
 
 
 @functools.lru_cache(maxsize=1)

@@ -106,7 +106,3 @@ async def _load(
     if on_ready is not None:
         on_ready()
     service.attach(model, monitoring)
-
-
-def service_of(app: Any) -> Service:
-    return app.state.service

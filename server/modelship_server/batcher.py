@@ -141,10 +141,6 @@ class Batcher:
         waiting = sum(it.rows for batch in list(self._flight)[1:] for it in batch if it.state == _RUNNING)
         return self._queued_rows + waiting
 
-    @property
-    def running_rows(self) -> int:
-        return sum(it.rows for it in self._flight[0]) if self._flight else 0
-
     # -- admission -------------------------------------------------------------------------
 
     async def submit(self, payload: Any, rows: int) -> Any:
