@@ -1,6 +1,9 @@
 """Fixtures of the server suite: the example model, its direct forward, a served app."""
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator
@@ -10,6 +13,24 @@ import pytest
 
 from modelship_server.app import create_app
 from server_harness import ServerThread, settings_for
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def http_base(model_dir: Path) -> Iterator[str]:
+    """The example model directory over real HTTP on loopback (a model store for http:// URIs)."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(model_dir)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 @pytest.fixture(scope="session")

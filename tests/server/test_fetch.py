@@ -1,34 +1,15 @@
 """The init container's downloader: `python -m modelship_server.fetch URI DIR`, torch-free."""
 from __future__ import annotations
 
-import functools
-import http.server
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import Iterator
-
-import pytest
 
 
-@pytest.fixture()
-def model_server(example_model_dir: Path) -> Iterator[str]:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(example_model_dir))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-def test_fetch_downloads_the_model_and_its_companions(model_server: str, example_model_dir: Path, tmp_path: Path) -> None:
+def test_fetch_downloads_the_model_and_its_companions(http_base: str, example_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "models"
     proc = subprocess.run(
-        [sys.executable, "-m", "modelship_server.fetch", f"{model_server}/model.pt", str(out)],
+        [sys.executable, "-m", "modelship_server.fetch", f"{http_base}/model.pt", str(out)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -37,9 +18,9 @@ def test_fetch_downloads_the_model_and_its_companions(model_server: str, example
         assert (out / name).read_bytes() == (example_model_dir / name).read_bytes(), name
 
 
-def test_fetch_reports_a_missing_model(model_server: str, tmp_path: Path) -> None:
+def test_fetch_reports_a_missing_model(http_base: str, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "modelship_server.fetch", f"{model_server}/nope.pt", str(tmp_path)],
+        [sys.executable, "-m", "modelship_server.fetch", f"{http_base}/nope.pt", str(tmp_path)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 1 and "HTTP 404" in proc.stderr

@@ -1,13 +1,9 @@
 """Where the reference profile comes from, and what happens when it is missing or wrong."""
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import shutil
-import threading
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -16,24 +12,6 @@ from modelship_server.model import fetch
 from modelship_server.monitoring import build_monitoring
 from modelship_server.settings import Settings, SettingsError
 from modelship_server.signature import Signature
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture()
-def http_base(model_dir: Path) -> Iterator[str]:
-    """The example model directory over real HTTP on loopback."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(model_dir)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @pytest.fixture(scope="module")
