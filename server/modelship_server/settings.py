@@ -54,10 +54,14 @@ class Settings:
     drift_threshold: float = 0.2  # a feature with PSI >= this is flagged
     drift_ks_threshold: float = 0.0  # also flag KS >= this; 0 = PSI only
     drift_min_rows: int = 200  # fewer rows in the window: inconclusive, no flags
+    drift_max_bytes: int = 16 << 20  # memory budget of the drift window: rows kept <= this / (features x 4)
     feedback_ttl_s: float = 3600.0  # how long a prediction waits for its ground truth
     feedback_max_entries: int = 100000  # pending predictions kept; 0 = feedback off
     feedback_max_rows: int = 1000000  # pending prediction rows kept
     feedback_window: int = 1000  # matched rows behind the rolling accuracy / MAE
+    feedback_max_bytes: int = 64 << 20  # memory budget of pending predictions + remembered ids
+    # When set, POST /feedback needs "Authorization: Bearer <token>" (peers send it too).
+    feedback_token: str = ""
     # Other pods to ask about an id this pod does not know: host:port list, or a DNS name
     # (host:port) whose A records are the pods, e.g. a headless Service. "" = none.
     feedback_peers: str = ""
@@ -67,6 +71,7 @@ class Settings:
     audit_sample_rate: float = 1.0  # share of successful requests logged (errors always are)
     audit_inputs: str = "none"  # none | digest | summary | raw
     audit_mask: str = ""  # comma-separated field names whose values are written as "***"
+    audit_max_bytes: int = 8 << 20  # memory budget of audit lines waiting for the writer (then dropped)
 
     def __post_init__(self) -> None:
         checks = [
@@ -89,6 +94,9 @@ class Settings:
             (self.feedback_max_entries >= 0, "feedback_max_entries must be >= 0 (0 = feedback off)"),
             (self.feedback_max_rows >= 1, "feedback_max_rows must be >= 1"),
             (self.feedback_window >= 1, "feedback_window must be >= 1"),
+            (self.feedback_max_bytes >= 1, "feedback_max_bytes must be >= 1"),
+            (self.audit_max_bytes >= 1, "audit_max_bytes must be >= 1"),
+            (self.drift_max_bytes >= 1, "drift_max_bytes must be >= 1"),
             (self.feedback_peer_timeout_ms > 0, "feedback_peer_timeout_ms must be > 0"),
             (self.audit_log in AUDIT_LOGS, f"audit_log must be one of {AUDIT_LOGS}"),
             (0 <= self.audit_sample_rate <= 1, "audit_sample_rate must be in 0..1"),
