@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from . import analysis as a
 from .metrics_source import ScrapeError, query_prometheus, scrape
-from .plan import INSTANCE_LABEL, REVISION_LABEL
+from .planning import INSTANCE_LABEL, REVISION_LABEL
 
 log = logging.getLogger(__name__)
 

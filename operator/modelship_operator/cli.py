@@ -29,8 +29,8 @@ import yaml
 
 from . import schema
 from .gitops import gitops_manager
-from .plan import (ABORT_ANNOTATION, PROMOTE_ANNOTATION, PROMOTE_FULL, PROMOTE_STEP, RETRY_ANNOTATION, SHAPING_KEYS,
-                   Observed, plan)
+from .planning import (ABORT_ANNOTATION, PROMOTE_ANNOTATION, PROMOTE_FULL, PROMOTE_STEP, RETRY_ANNOTATION,
+                       SHAPING_KEYS, Observed, plan)
 from .render import render, to_yaml
 from .settings import Settings
 from .spec import API_VERSION, KIND, ModelDeployment, SpecError

@@ -32,7 +32,7 @@ import kopf
 
 from . import kube as kube_mod
 from .canary_metrics import AnalysisMemory
-from .plan import MANAGED_BY
+from .planning import MANAGED_BY
 from .reconcile import INSTANCE_LABEL, MANAGED_BY_LABEL, Discovery, ReconcileResult, reconcile
 from .settings import Settings
 from .spec import API_VERSION, GROUP, KIND, PLURAL, VERSION

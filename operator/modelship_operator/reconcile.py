@@ -18,8 +18,8 @@ from typing import Any, Protocol
 from . import canary_metrics
 from .analysis import Verdict
 from .kube import KubeError, PermanentError
-from .plan import (APPLIED_HASH, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, AnalysisResult,
-                   DeploymentState, Event, Observed, Plan, analysis_due, failed_status, parse_time, plan)
+from .planning import (APPLIED_HASH, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, AnalysisResult,
+                       DeploymentState, Event, Observed, Plan, analysis_due, failed_status, parse_time, plan)
 from .render import render
 from .settings import Settings
 from .spec import API_VERSION, KIND, ModelDeployment, SpecError

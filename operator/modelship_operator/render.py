@@ -14,7 +14,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from .plan import APPLIED_HASH, Plan
+from .planning import APPLIED_HASH, Plan
 
 
 @functools.lru_cache(maxsize=1)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from modelship_operator.cli import format_status, main
-from modelship_operator.plan import Observed, plan
+from modelship_operator.planning import Observed, plan
 from modelship_operator.render import render
 from modelship_operator.schema import load_crd
 from modelship_operator.settings import Settings
@@ -303,7 +303,7 @@ def api(tmp_path: Path):
 
 
 def test_promote_abort_retry_set_the_action_annotations(api) -> None:
-    from modelship_operator.plan import ABORT_ANNOTATION, PROMOTE_ANNOTATION, RETRY_ANNOTATION
+    from modelship_operator.planning import ABORT_ANNOTATION, PROMOTE_ANNOTATION, RETRY_ANNOTATION
 
     kc = ["--kubeconfig", api.kubeconfig]
     code, out, err = run(["promote", "fraud", *kc])

@@ -39,7 +39,7 @@ from apiserver_double import ApiServerDouble
 from kube_double import deployment_status
 from modelship_operator.cli import main as cli_main
 from modelship_operator.kube import Kube
-from modelship_operator.plan import PROMOTE_ANNOTATION
+from modelship_operator.planning import PROMOTE_ANNOTATION
 from test_e2e import MD, Env, free_port, install_crd
 from test_metrics_source import PROMETHEUS, _features, _start_server, _stop, _wait_for, flaky_model_dir  # noqa: F401
 

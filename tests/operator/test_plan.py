@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from modelship_operator.plan import (
+from modelship_operator.planning import (
     DeploymentState,
     Observed,
     failed_status,

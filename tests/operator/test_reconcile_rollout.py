@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from modelship_operator.canary_metrics import AnalysisMemory, metrics_url
-from modelship_operator.plan import ABORT_ANNOTATION, PROMOTE_ANNOTATION
+from modelship_operator.planning import ABORT_ANNOTATION, PROMOTE_ANNOTATION
 from modelship_operator.reconcile import Discovery, ReconcileResult, reconcile
 from modelship_operator.settings import Settings
 from test_reconcile import NS, SETTINGS, Cluster, example

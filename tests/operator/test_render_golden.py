@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from modelship_operator.plan import DeploymentState, Observed, plan
+from modelship_operator.planning import DeploymentState, Observed, plan
 from modelship_operator.render import APPLIED_HASH, applied_hash, render, to_yaml
 from modelship_operator.schema import validate as validate_crd
 from modelship_operator.settings import Settings

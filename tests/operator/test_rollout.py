@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from modelship_operator.analysis import Measurement, judge
-from modelship_operator.plan import (
+from modelship_operator.planning import (
     ABORT_ANNOTATION,
     PROMOTE_ANNOTATION,
     RETRY_ANNOTATION,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelship_operator.split import Split, scale_plan, split_replicas
+from modelship_operator.planning.traffic import Split, scale_plan, split_replicas
 
 TOTALS = range(1, 51)
 WEIGHTS = range(0, 101)

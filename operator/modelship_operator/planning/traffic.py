@@ -1,4 +1,5 @@
-"""Replica split between the stable and canary revisions (``replicas`` traffic mode). Pure.
+"""Where traffic goes: the replica split between stable and canary, the traffic mode, and in
+gateway mode the HTTPRoute and its per-role Services. Pure.
 
 In ``replicas`` mode one Service selects the pods of every revision, so the share of traffic a
 revision gets is its share of the *ready* pods. The rollout asks for a weight; this module turns
@@ -23,6 +24,11 @@ Rounding (decided here; DESIGN.md is silent):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
+
+from ..spec import ModelDeployment
+from .observed import Observed
+from .pods import RevisionPlan
 
 
 @dataclass(frozen=True)
@@ -103,3 +109,56 @@ def scale_plan(total: int, weight: int, canary_ready: int, stable_ready: int) ->
 
     route = 0 if target.canary == 0 else min(weight, _round_half_up(weight * serving_canary, target.canary))
     return ScalePlan(weight, target, stable_replicas, canary_replicas, effective, route)
+
+
+# --------------------------------------------------------------------------- mode and routes
+
+
+@dataclass(frozen=True)
+class RouteBackend:
+    service: str  # the per-role Service `<name>-stable` / `<name>-canary`
+    role: str
+    hash: str  # the revision its Service selects
+    weight: int
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    """Gateway mode: one HTTPRoute `<name>` with weighted backendRefs (and an optional mirror)."""
+
+    parent_refs: tuple[Mapping, ...]
+    hostnames: tuple[str, ...]
+    backends: tuple[RouteBackend, ...]
+    mirror_service: str | None = None  # the canary Service, when mirroring
+    mirror_percent: int | None = None
+
+
+def traffic_mode(md: ModelDeployment, observed: Observed) -> str:
+    """gateway needs rollout.gateway and a served HTTPRoute CRD; anything else splits replicas."""
+    rollout = md.spec.rollout
+    if rollout.gateway is not None and rollout.traffic in ("auto", "gateway") and observed.httproute_served:
+        return "gateway"
+    return "replicas"
+
+
+def role_service(name: str, role: str) -> str:
+    return f"{name}-{role}"
+
+
+def route_plan(md: ModelDeployment, stable: RevisionPlan, canary: RevisionPlan | None,
+               canary_weight: int, mirror: bool) -> RoutePlan:
+    gateway = md.spec.rollout.gateway
+    assert gateway is not None
+    backends = [RouteBackend(role_service(md.name, "stable"), "stable", stable.hash, 100 - canary_weight)]
+    if canary is not None:
+        backends.append(RouteBackend(role_service(md.name, "canary"), "canary", canary.hash, canary_weight))
+    percent = gateway.mirror_percent
+    mirroring = canary is not None and mirror and bool(percent)
+    return RoutePlan(
+        parent_refs=tuple(gateway.parent_refs),
+        hostnames=tuple(gateway.hostnames),
+        backends=tuple(backends),
+        mirror_service=role_service(md.name, "canary") if mirroring else None,
+        mirror_percent=percent if mirroring else None,
+    )
+

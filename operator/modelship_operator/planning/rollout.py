@@ -3,7 +3,7 @@
 `advance` takes the canary's progress as read from `status.canary` and returns where it is
 now. Everything it needs to resume is in that status (step index, when the step started,
 abort flag, analysis tallies), so a restarted operator continues at the same step with the
-same timers. The plan (plan.py) decides replica counts and weights from the result.
+same timers. The plan (plan.py) and traffic.py decide replica counts and weights from the result.
 
 Step index: `step` is the 0-based index of the step being worked on; `step == len(steps)`
 means every step is done and the canary goes to 100% and is promoted once ready.
@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping
 
-from .analysis import FAIL, PASS, Verdict
-from .spec import AnalysisSpec, RolloutStep
+from ..analysis import FAIL, PASS, Verdict
+from ..spec import AnalysisSpec, ModelDeployment, RolloutStep
+from .events import Event
+from .observed import AnalysisResult
+from .values import as_int, aware, parse_time, previous_status, seconds_until, timestamp
 
 # Manual rollout actions: annotations on the ModelDeployment that the CLI sets. The plan
 # acts on them and lists the ones it consumed in `Plan.consumed_actions`; reconcile then
@@ -30,24 +33,6 @@ ABORT_ANNOTATION = "modelship.dev/abort"  # any value: abort the canary
 RETRY_ANNOTATION = "modelship.dev/retry"  # any value: restart an aborted canary from step 1
 ACTION_ANNOTATIONS = (PROMOTE_ANNOTATION, ABORT_ANNOTATION, RETRY_ANNOTATION)
 PROMOTE_STEP, PROMOTE_FULL = "step", "full"
-
-
-def parse_time(text: Any) -> datetime | None:
-    """A status timestamp (RFC 3339, as plan.timestamp writes it) back to an aware datetime."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -213,3 +198,57 @@ def advance(
             else:
                 events.append(Event("Normal", "RolloutStepsComplete", f"all {n} steps done: going to 100%"))
     return Outcome(p, tuple(events), tuple(consumed), paused, wake_at, aborted_now)
+
+
+# --------------------------------------------------------------------------- analysis bookkeeping
+
+
+def next_analysis_at(md: ModelDeployment) -> datetime | None:
+    """When the current analysis window of the canary ends (None: no analysis is running).
+
+    The window starts when the canary first takes traffic (the plan then writes
+    `status.canary.analysis.lastTime` with no verdict) and restarts at each counted result.
+    """
+    canary = previous_status(md).get("canary") or {}
+    if not canary.get("hash") or canary.get("aborted") or as_int(canary.get("weight")) <= 0:
+        return None
+    start = parse_time((canary.get("analysis") or {}).get("lastTime"))
+    if start is None:
+        return None
+    return start + timedelta(seconds=md.spec.rollout.analysis.interval_seconds)
+
+
+def analysis_due(md: ModelDeployment, now: datetime) -> bool:
+    """True when reconcile should measure the canary (`status.canary.hash`) and pass the
+    result to the plan as `Observed.analysis`: a window of `analysis.interval` has passed
+    since `status.canary.analysis.lastTime` while the canary takes traffic and is not aborted."""
+    due = next_analysis_at(md)
+    return due is not None and aware(now) >= due
+
+
+def new_verdict(result: AnalysisResult | None, hash_: str, progress: Progress) -> tuple[Verdict, str] | None:
+    """The observed analysis result as a verdict to count, or None when it is for another
+    revision or was counted already (its window does not end after `analysis.lastTime`)."""
+    last = parse_time((progress.analysis or {}).get("lastTime"))
+    if result is not None and result.hash == hash_ and (last is None or aware(result.time) > last):
+        return result.verdict, timestamp(result.time)
+    return None
+
+
+def analysis_window(progress: Progress, analysing: bool, stamp: str) -> dict[str, Any]:
+    """`status.canary.analysis`: the first window starts with the canary's first traffic."""
+    analysis = dict(progress.analysis)
+    if analysing and not analysis.get("lastTime"):
+        analysis["lastTime"] = stamp
+    return analysis
+
+
+def next_wake(outcome: Outcome, analysis: Mapping[str, Any], limits: AnalysisSpec, analysing: bool,
+              now: datetime) -> float | None:
+    """Seconds until the next timed thing of the canary: a pause ends or an analysis window closes."""
+    wake = [outcome.wake_at]
+    if analysing:
+        start = parse_time(analysis.get("lastTime"))
+        wake.append(start + timedelta(seconds=limits.interval_seconds) if start else None)
+    waits = [w for w in (seconds_until(at, now) for at in wake) if w is not None]
+    return min(waits) if waits else None
