@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import time
 from typing import Any, Awaitable, Callable
 
@@ -55,16 +56,37 @@ def error_reply(e: ServerError) -> Reply:
     return Reply(e.status, dumps({"error": e.message}), headers=headers)
 
 
-MAX_BODY_BYTES = 256 * 1024 * 1024  # far above any MODELSHIP_MAX_BATCH_ROWS request; stops runaway uploads
+# Health and readiness answer on both ports (kubelet probes the inference port).
+HEALTH_PATHS = frozenset(("/health", "/ready", "/v2/health/live", "/v2/health/ready"))
+# Model metadata and per-model readiness belong to the inference protocols (main port).
+METADATA_PATH = re.compile(r"^/v2(/models/[^/]+(/versions/[^/]+)?(/ready)?)?$|^/v1/models/[^/:]+$")
+FALLBACK_BODY_LIMIT = 1 << 20  # framework routes before the model (and so the limits) is known
 
 
 class BodyTooLarge(ServerError):
     status = 413
 
 
-async def _read_body(receive: Callable[[], Awaitable[dict]]) -> bytes:
+def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    raw = _header(headers, b"content-length")
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge(f"request body larger than {limit} bytes (the limit follows MODELSHIP_MAX_BATCH_ROWS"
+                        " and the model's row size; MODELSHIP_MAX_BODY_BYTES sets it)")  # fmt: skip
+
+
+async def _read_body(receive: Callable[[], Awaitable[dict]], limit: int) -> bytes:
+    """The whole body, or BodyTooLarge as soon as it passes `limit` (chunked bodies included:
+    reading stops there; the server discards the rest of the upload without keeping it)."""
     message = await receive()
     body = message.get("body", b"")
+    if len(body) > limit:
+        raise _too_large(limit)
     if not message.get("more_body", False):
         return body
     chunks = [body]
@@ -73,10 +95,26 @@ async def _read_body(receive: Callable[[], Awaitable[dict]]) -> bytes:
         message = await receive()
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise BodyTooLarge(f"request body larger than {MAX_BODY_BYTES} bytes")
+        if size > limit:
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _limited_receive(receive: Callable[[], Awaitable[dict]], limit: int) -> Callable[[], Awaitable[dict]]:
+    """`receive` for the framework routes (feedback): BodyTooLarge once `limit` bytes pass."""
+    size = 0
+
+    async def limited() -> dict:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise _too_large(limit)
+        return message
+
+    return limited
 
 
 def _route(method: str, path: str) -> tuple[str, Callable[..., Awaitable[Reply]], tuple] | None:
@@ -105,7 +143,19 @@ class ModelshipASGI:
         self.app = app
         self.service = service
         self._version = (MODEL_VERSION, service.version.encode())
+        self._admin_port = service.settings.admin_port
         service.on_identity.append(self._identity_changed)
+
+    def _served_here(self, scope: dict, route: tuple | None) -> bool:
+        """With an admin port: inference and model metadata on the main port only; /metrics,
+        /feedback, /drift, the API docs and anything else on the admin port only; health on both."""
+        path = scope["path"]
+        if path in HEALTH_PATHS or (path.endswith("/ready") and METADATA_PATH.match(path)):
+            return True
+        server = scope.get("server")
+        on_admin = bool(server) and server[1] == self._admin_port
+        inference = route is not None or _route("POST", path) is not None or METADATA_PATH.match(path) is not None
+        return inference != on_admin
 
     def _identity_changed(self) -> None:
         self._version = (MODEL_VERSION, self.service.version.encode())
@@ -116,6 +166,9 @@ class ModelshipASGI:
             return
         request_id = _client_request_id(scope["headers"]) or new_request_id()
         route = _route(scope["method"], scope["path"])
+        if self._admin_port and not self._served_here(scope, route):
+            await _send_reply(send, Reply(404, dumps({"error": "not found"})), [self._version, (REQUEST_ID, request_id)])
+            return
         if route is not None:
             await self._infer(scope, receive, send, request_id, *route)
             return
@@ -124,6 +177,14 @@ class ModelshipASGI:
             await _send_reply(send, Reply(405, dumps({"error": "method not allowed: use POST"}),
                                           headers=[(b"allow", b"POST")]), extra)  # fmt: skip
             return
+        if scope["method"] not in ("GET", "HEAD"):
+            # Framework routes (feedback) read their bodies through a limited receive.
+            limit = self.service.feedback_body_limit or FALLBACK_BODY_LIMIT
+            declared = _declared_length(scope["headers"])
+            if declared is not None and declared > limit:
+                await _send_reply(send, error_reply(_too_large(limit)), extra)
+                return
+            receive = _limited_receive(receive, limit)
 
         async def send_with_headers(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -141,7 +202,13 @@ class ModelshipASGI:
         body = b""
         error: str | None = None
         try:
-            body = await _read_body(receive)
+            # 0 until a model is attached: the handler answers 503 (or 404) without the body.
+            limit = service.body_limit
+            if limit:
+                declared = _declared_length(scope["headers"])
+                if declared is not None and declared > limit:
+                    raise _too_large(limit)
+                body = await _read_body(receive, limit)
             if protocol == v2.PROTOCOL:
                 raw = _header(scope["headers"], v2.HEADER_LENGTH)
                 try:

@@ -2,7 +2,8 @@
 
 Requests queue as opaque payloads carrying a row count. A batch runs when the queued rows
 reach `max_batch_size` or the oldest queued request has waited `max_delay` seconds. A
-request is never split; one larger than `max_batch_size` runs alone. The predict function
+request is never split here; one larger than `max_batch_size` runs alone (the predict
+function may compute it in chunks: service.py does). The predict function
 (injected, synchronous) runs on one dedicated worker thread so batches run back to back
 while the event loop keeps accepting; the clock is injected so tests can drive time.
 
@@ -19,7 +20,7 @@ from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Callable, Protocol, Sequence
 
-from .errors import InferenceFailed, QueueFull, ServerError, ShuttingDown, Timeout
+from .errors import InferenceFailed, QueueFull, ServerError, ShuttingDown, Timeout, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Batcher:
         executor: Executor | None = None,
         observer: BatchObserver | None = None,
         pipeline_depth: int = 2,
+        stuck_after: float | None = None,
     ) -> None:
         self._predict = predict
         self.max_batch_size = max_batch_size
@@ -108,6 +110,13 @@ class Batcher:
         self._flight: deque[list[_Item]] = deque()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Health (problem()): the loop must run until close(), and no forward pass may run
+        # longer than `stuck_after` (default: the request timeout, which it has outlived).
+        self.stuck_after = timeout if stuck_after is None else stuck_after
+        self._closing = False
+        self._dead: str | None = None
+        self._computing_since: float | None = None  # when the oldest batch in flight started
+        self._stuck_timer: TimerHandle | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -117,11 +126,68 @@ class Batcher:
         if self._clock is None:
             self._clock = LoopClock(self._loop)
         self._task = self._loop.create_task(self._run_loop(), name="modelship-batcher")
+        self._task.add_done_callback(self._loop_ended)
 
     def close(self) -> None:
         """Stop admitting; queued work is still flushed (without waiting for batch-mates)."""
+        self._closing = True
         self._closed = True
         self._wake()
+
+    def _loop_ended(self, task: asyncio.Task) -> None:
+        if self._closing:
+            return  # a drain: the normal end
+        why = "cancelled" if task.cancelled() else repr(task.exception())
+        self._dead = f"batching loop is dead ({why})"
+        self._closed = True
+        log.error("%s: inference answers 503, readiness and liveness fail until the process restarts", self._dead)
+        for item in self._queue:
+            if item.state == _QUEUED and not item.future.done():
+                item.future.set_exception(Unavailable("batcher failed"))
+
+    def problem(self) -> str | None:
+        """Why this batcher cannot serve (a dead loop, a stuck forward pass), or None."""
+        if self._dead is not None:
+            return self._dead
+        running = self.forward_running_s()
+        if running is not None and running > self.stuck_after:
+            return f"a forward pass has run for {running:.1f}s (stuck: limit {self.stuck_after:g}s)"
+        return None
+
+    @property
+    def dead(self) -> bool:
+        """The batching loop ended without close() (a bug, or it was cancelled)."""
+        return self._dead is not None
+
+    @property
+    def stuck(self) -> bool:
+        """A forward pass has run longer than `stuck_after`."""
+        running = self.forward_running_s()
+        return running is not None and running > self.stuck_after
+
+    def forward_running_s(self) -> float | None:
+        """How long the oldest forward pass in flight has run (None: none is running)."""
+        since = self._computing_since
+        if since is None or self._clock is None:
+            return None
+        return self._clock.now() - since
+
+    def _forward_started(self) -> None:
+        """The oldest batch in flight changed: restart the stuck watchdog for it."""
+        if self._stuck_timer is not None:
+            self._stuck_timer.cancel()
+            self._stuck_timer = None
+        if not self._flight:
+            self._computing_since = None
+            return
+        assert self._clock is not None
+        self._computing_since = self._clock.now()
+        self._stuck_timer = self._clock.call_later(self.stuck_after, self._stuck_alarm)
+
+    def _stuck_alarm(self) -> None:
+        self._stuck_timer = None
+        log.error("a forward pass has run for more than %gs: stuck; readiness and liveness fail until it returns",
+                  self.stuck_after)  # fmt: skip
 
     async def drain(self) -> None:
         """close() and wait until every admitted request has been answered."""
@@ -149,6 +215,8 @@ class Batcher:
         Raises ShuttingDown or QueueFull (503), Timeout (504), or the request's own error.
         """
         if self._closed or self._task is None:
+            if self._dead is not None:
+                raise Unavailable(f"server unhealthy: {self._dead}")
             raise ShuttingDown()
         # An empty queue admits any request, so one larger than max_queue is not shed forever.
         waiting = self.queued_rows
@@ -264,6 +332,8 @@ class Batcher:
 
     async def _run_batch(self, batch: list[_Item]) -> None:
         self._flight.append(batch)
+        if len(self._flight) == 1:
+            self._forward_started()
         assert self._loop is not None
         try:
             computed, outcomes, compute_s, split = await self._loop.run_in_executor(
@@ -272,6 +342,7 @@ class Batcher:
         except Exception as e:  # the executor itself failed (e.g. shut down)
             computed, outcomes, compute_s, split = batch, [(False, e)] * len(batch), 0.0, False
         self._flight.popleft()  # one worker thread: batches finish in order
+        self._forward_started()
         if self._observer is not None and computed:
             self._observer.on_batch(sum(item.rows for item in computed), compute_s)
             if split:

@@ -51,6 +51,16 @@ class Metrics:
         self.queue_depth = Gauge("modelship_queue_depth_rows", "Rows waiting in the batching queue.", registry=r)
         self.inflight = Gauge("modelship_inflight_requests", "Inference requests being handled.", registry=r)
         self.ready = Gauge("modelship_ready", "1 when the model is loaded, warmed and not shutting down.", registry=r)
+        self.batcher_up = Gauge(
+            "modelship_batcher_up",
+            "1 while the batching loop runs; 0 before the model is loaded and once the loop has died (then readiness and liveness fail).",
+            registry=r,
+        )  # fmt: skip
+        self.forward_stuck = Gauge(
+            "modelship_forward_stuck",
+            "1 while a forward pass has run longer than the request timeout (readiness and liveness then fail).",
+            registry=r,
+        )  # fmt: skip
         self.model_info = Gauge(
             "modelship_model_info", "The served model (value 1).",
             ["model", "version", "format", "device", "precision"], registry=r,
@@ -102,6 +112,11 @@ class Metrics:
         self.queue_depth.set_function(queue_depth)
         self.inflight.set_function(inflight)
         self.ready.set_function(ready)
+
+    def track_health(self, batcher_up: Callable[[], float], forward_stuck: Callable[[], float]) -> None:
+        """Health gauges, read at scrape time (see Service.health_problem)."""
+        self.batcher_up.set_function(batcher_up)
+        self.forward_stuck.set_function(forward_stuck)
 
     def set_model_info(self, fmt: str, device: str, precision: str) -> None:
         self.model_info.clear()

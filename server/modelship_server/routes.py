@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,13 +15,16 @@ from .peers import FORWARDED_HEADER, answer_feedback_with_peers
 from .protocols import v2
 from .service import Service
 
+log = logging.getLogger(__name__)
+
 
 def _error(e: ServerError) -> JSONResponse:
     return JSONResponse({"error": e.message}, status_code=e.status, headers=e.headers)
 
 
 def _not_ready(service: Service, body: dict) -> JSONResponse:
-    reason = "shutting down" if service.shutting_down else (service.load_error or "model is loading")
+    reason = "shutting down" if service.shutting_down else (
+        service.health_problem() or service.load_error or "model is loading")  # fmt: skip
     return JSONResponse({**body, "error": f"not ready: {reason}"}, status_code=503, headers={"retry-after": "1"})
 
 
@@ -38,10 +42,21 @@ def add_routes(app: FastAPI, service: Service) -> None:
     async def server_error(request: Request, exc: ServerError) -> JSONResponse:
         return _error(exc)
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    def _live(ok: dict) -> Response:
+        problem = service.health_problem()
+        if problem is not None:
+            return JSONResponse({**{k: False for k in ok}, "error": f"not live: {problem}"}, status_code=503)
+        return JSONResponse(ok)
+
     # -- tutorial-style -------------------------------------------------------------------
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok"}
+    async def health() -> Response:
+        return _live({"status": "ok"})
 
     @app.get("/ready")
     async def ready() -> Response:
@@ -55,8 +70,8 @@ def add_routes(app: FastAPI, service: Service) -> None:
         return v2.server_metadata()
 
     @app.get("/v2/health/live")
-    async def live() -> dict:
-        return {"live": True}
+    async def live() -> Response:
+        return _live({"live": True})
 
     @app.get("/v2/health/ready")
     async def v2_ready() -> Response:
@@ -103,7 +118,11 @@ def add_routes(app: FastAPI, service: Service) -> None:
         if monitoring.feedback is None:
             return JSONResponse({"error": "feedback is off on this server (MODELSHIP_FEEDBACK_MAX_ENTRIES=0)"}, status_code=404)
         forwarded = request.headers.get(FORWARDED_HEADER) == "1"
-        status, body = await answer_feedback_with_peers(monitoring.feedback, await request.body(), service.peers, forwarded)
+        raw = await request.body()  # limited (413) by the ASGI layer
+        try:
+            status, body = await answer_feedback_with_peers(monitoring.feedback, raw, service.peers, forwarded)
+        except RecursionError:  # the stdlib JSON parser on deeply nested input
+            return JSONResponse({"error": "feedback body is nested too deeply"}, status_code=400)
         return JSONResponse(body, status_code=status)
 
     @app.post("/feedback")

@@ -13,7 +13,9 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from .batcher import Batcher
+from .codec import body_limit, feedback_body_limit
 from .errors import NotFound, ShuttingDown, Unavailable
+from .feedback import MAX_FEEDBACK_ITEMS
 from .metrics import Metrics
 from .monitoring import Monitoring, build_monitoring
 from .monitoring_metrics import MonitoringCollector
@@ -73,12 +75,20 @@ class Service:
         self.load_error: str | None = None
         self.shutting_down = False
         self.inflight = 0
+        # Request body limits in bytes, set once the signature is known (0 until then).
+        self.body_limit = 0
+        self.feedback_body_limit = 0
+        self._chunk_rows = 0  # forward passes take at most this many rows (0: no chunking)
         # One thread for loading and every forward pass: CUDA context and torch state stay put.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="modelship-forward")
         self.metrics.track(
             queue_depth=lambda: self.batcher.queued_rows if self.batcher else 0,
             inflight=lambda: self.inflight,
             ready=lambda: 1.0 if self.ready else 0.0,
+        )
+        self.metrics.track_health(
+            batcher_up=lambda: 1.0 if self.batcher is not None and not self.batcher.dead else 0.0,
+            forward_stuck=lambda: 1.0 if self.batcher is not None and self.batcher.stuck else 0.0,
         )
         self.on_identity: list[Callable[[], None]] = []
         self.monitoring: Monitoring | None = None
@@ -93,7 +103,14 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return self.batcher is not None and not self.shutting_down
+        return self.batcher is not None and not self.shutting_down and self.batcher.problem() is None
+
+    def health_problem(self) -> str | None:
+        """Why this server is broken for good (dead batching loop, stuck forward pass): liveness
+        fails and the kubelet restarts the container. None while loading, serving or draining."""
+        if self.batcher is None or self.shutting_down:
+            return None
+        return self.batcher.problem()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -122,6 +139,11 @@ class Service:
         self._first_output = sig.outputs[0].name
         self._classifier = sig.is_classifier
         self._has_dynamic_row_dims = any(-1 in spec.row_shape for spec in sig.inputs)
+        # Warm-up covers batch 1 and max_batch_size: a larger request runs as chunks of at
+        # most max_batch_size rows, never as one unwarmed (and on a GPU, larger) forward pass.
+        self._chunk_rows = s.max_batch_size if sig.batchable else 0
+        self.body_limit = s.max_body_bytes or body_limit(sig, s.max_batch_rows)
+        self.feedback_body_limit = s.max_body_bytes or feedback_body_limit(sig, s.max_batch_rows, MAX_FEEDBACK_ITEMS)
         batcher = Batcher(
             self._run_batch,
             # A model without a dynamic batch dimension takes one request per call.
@@ -131,6 +153,7 @@ class Service:
             timeout=s.timeout_ms / 1000.0,
             executor=self.executor,
             observer=self.metrics,
+            stuck_after=s.timeout_ms / 1000.0,
         )
         batcher.start()
         self.batcher = batcher
@@ -208,7 +231,7 @@ class Service:
                             results[i] = r
                     return results
             feed = {n: np.concatenate([p[n] for p in payloads]) for n in self._input_names}
-        out = self.model.predict(feed)
+        out = self._forward(feed)
         if self.monitoring is not None:
             self.monitoring.observe_batch(feed)  # once per forward pass, here on the forward thread
         probs = classes = None
@@ -231,6 +254,16 @@ class Service:
             Result({name: parts[name][i] for name in parts}, p_parts[i], c_parts[i], total)
             for i in range(len(payloads))
         ]
+
+    def _forward(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """model.predict, in chunks of at most _chunk_rows rows."""
+        assert self.model is not None
+        step = self._chunk_rows
+        rows = feed[self._first_input].shape[0]
+        if not step or rows <= step:
+            return self.model.predict(feed)
+        parts = [self.model.predict({n: a[i : i + step] for n, a in feed.items()}) for i in range(0, rows, step)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 def model_path(model: Model) -> str | None:

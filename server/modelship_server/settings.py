@@ -45,6 +45,16 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8080
     log_level: str = "info"
+    # A private port for /metrics, /feedback, /drift and the API docs (not inference); 0 = off:
+    # everything on `port`. Health answers on both. (docs/operations.md, "Admin port")
+    admin_port: int = 0
+    # Most bytes of a request body; 0 = derived from max_batch_rows and the signature's row size.
+    max_body_bytes: int = 0
+    # -- model download (fetch.py; the init container reads the same variables) --
+    model_sha256: str = ""  # expected sha256 (hex) of the model file; "" = not checked
+    model_max_bytes: int = 0  # most bytes one download may write (all its files); 0 = no limit
+    fetch_deadline_s: float = 3600.0  # the whole download, all files, within this; 0 = none
+    allow_insecure_http: bool = False  # plain http:// model URIs (and redirects to them)
     # -- monitoring (docs/monitoring.md) --
     # "" = reference_profile.json next to the model (drift off when there is none); "off";
     # a path (relative: inside the model's directory) or an http(s):// or s3:// URI.
@@ -85,6 +95,13 @@ class Settings:
             (self.max_batch_rows >= 1, "max_batch_rows must be >= 1"),
             (self.torch_threads >= 0, "torch_threads must be >= 0"),
             (0 <= self.port <= 65535, "port must be in 0..65535"),
+            (0 <= self.admin_port <= 65535, "admin_port must be in 0..65535 (0 = off)"),
+            (not self.admin_port or self.admin_port != self.port, "admin_port must differ from port"),
+            (self.max_body_bytes >= 0, "max_body_bytes must be >= 0 (0 = derived)"),
+            (self.model_max_bytes >= 0, "model_max_bytes must be >= 0 (0 = no limit)"),
+            (self.fetch_deadline_s >= 0, "fetch_deadline_s must be >= 0 (0 = none)"),
+            (self.model_sha256 == "" or (len(self.model_sha256) == 64 and all(c in "0123456789abcdefABCDEF" for c in self.model_sha256)),
+             "model_sha256 must be 64 hex digits"),
             (self.drift_window >= 1, "drift_window must be >= 1"),
             (self.drift_interval_s > 0, "drift_interval_s must be > 0"),
             (self.drift_threshold > 0, "drift_threshold must be > 0"),
@@ -152,6 +169,15 @@ class Settings:
 
 def _convert(name: str, typ: Any, value: Any) -> Any:
     typ = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    if typ == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name}: expected true or false, got {value!r}")
     try:
         if typ == "int":
             return int(value)

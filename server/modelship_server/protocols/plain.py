@@ -34,6 +34,8 @@ def _feed(service: Service, features: Any, key: str, one_row: bool) -> tuple[dic
         what = f"{key}" if len(sig.inputs) == 1 else f"{key}[{spec.name!r}]"
         arr = to_array(per_input[spec.name], spec, what)
         if one_row:
+            if arr.ndim != len(spec.row_shape):  # before reshape: numpy caps dimensions at 64
+                raise BadRequest(f"{what}: shape {list(arr.shape)} is not one row of {list(spec.shape)} (-1 = any)")
             arr = arr.reshape((1, *arr.shape))
         n = check_shape(arr, spec, what)
         if rows not in (-1, n):

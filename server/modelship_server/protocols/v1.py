@@ -54,6 +54,8 @@ async def predict(service: Service, name: str, body: bytes, call: Call | None = 
             raise BadRequest(f"{what}: {len(values)} rows exceed the limit of {service.settings.max_batch_rows}")
         arr = to_array(values, spec, what)
         n = check_shape(arr, spec, what)
+        if n > service.settings.max_batch_rows:
+            raise BadRequest(f"{what}: {n} rows exceed the limit of {service.settings.max_batch_rows}")
         if rows not in (-1, n):
             raise BadRequest("inputs have different row counts")
         rows = n

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..codec import check_shape, from_bytes, to_array
+from ..codec import check_declared_shape, check_shape, element_count, from_bytes, reshape, to_array
 from ..errors import BadRequest
 from ..service import Call, Service
 from . import Reply, dumps, loads, ok
@@ -56,6 +56,8 @@ def _decode(service: Service, body: bytes, header_length: int | None) -> tuple[d
         binary = memoryview(b"")
     if not isinstance(req, dict):
         raise BadRequest("request must be a JSON object")
+    if not isinstance(req.get("id", ""), str):  # echoed back: a string, as the protocol says
+        raise BadRequest('"id" must be a string')
     items = req.get("inputs")
     if not isinstance(items, list) or not items:
         raise BadRequest('request lacks "inputs" (a non-empty list)')
@@ -67,7 +69,7 @@ def _decode(service: Service, body: bytes, header_length: int | None) -> tuple[d
         if not isinstance(item, dict):
             raise BadRequest("each input must be a JSON object")
         name = item.get("name")
-        spec = specs.get(name)  # type: ignore[arg-type]
+        spec = specs.get(name) if isinstance(name, str) else None
         if spec is None:
             raise BadRequest(f"unknown input {name!r} (expected {', '.join(specs)})")
         if name in feed:
@@ -87,11 +89,12 @@ def _decode(service: Service, body: bytes, header_length: int | None) -> tuple[d
         else:
             if "data" not in item:
                 raise BadRequest(f"{what} lacks \"data\"")
+            check_declared_shape(shape, spec, what)
             arr = to_array(item["data"], spec, what)
             if list(arr.shape) != shape:
-                if arr.size != int(np.prod(shape)):
+                if arr.size != element_count(shape):
                     raise BadRequest(f"{what}: {arr.size} values do not fill shape {shape}")
-                arr = arr.reshape(shape)  # row-major flattened data
+                arr = reshape(arr, shape, what)  # row-major flattened data
         n = check_shape(arr, spec, what)
         if rows not in (-1, n):
             raise BadRequest("inputs have different batch sizes")
@@ -122,7 +125,7 @@ def _wanted(service: Service, req: dict[str, Any]) -> list[tuple[str, bool]]:
     wanted = []
     for o in asked:
         name = o.get("name") if isinstance(o, dict) else None
-        if name not in known:
+        if not isinstance(name, str) or name not in known:
             raise BadRequest(f"unknown output {name!r} (expected {', '.join(known)})")
         p = o.get("parameters") or {}
         wanted.append((name, bool(p.get("binary_data", binary_default)) if isinstance(p, dict) else binary_default))
