@@ -6,15 +6,14 @@ walk, no Request object, headers pre-built. That is the server's hot path.
 """
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 import re
 import time
 from typing import Any, Awaitable, Callable
 
 from .audit import AuditRecord
 from .errors import ServerError
+from .ids import new_request_id  # 128 random bits, never guessable
 from .protocols import Reply, dumps, plain, v1, v2
 from .service import Call, Service
 
@@ -23,15 +22,6 @@ log = logging.getLogger(__name__)
 REQUEST_ID = b"x-request-id"
 MODEL_VERSION = b"x-model-version"
 Handler = Callable[[Service, dict, bytes], Awaitable[Reply]]
-
-
-_ID_PREFIX = os.urandom(6).hex()
-_id_counter = itertools.count(1)
-
-
-def new_request_id() -> bytes:
-    """Unique per process start (random prefix) without a syscall per request."""
-    return f"{_ID_PREFIX}-{next(_id_counter):x}".encode()
 
 
 def _client_request_id(headers: list[tuple[bytes, bytes]]) -> bytes | None:

@@ -79,6 +79,19 @@ def input_digest(inputs: Mapping[str, np.ndarray] | None, body: bytes | None) ->
     return "sha256:" + h.hexdigest()
 
 
+# Estimated bytes of a queued record besides its body and tensors: the slotted record, its
+# strings (id, model, version, protocol, client) and the queue tuple.
+RECORD_OVERHEAD = 600
+
+
+def record_bytes(r: AuditRecord) -> int:
+    """Estimated memory a queued record holds (the body and tensors it references included)."""
+    size = RECORD_OVERHEAD + (len(r.body) if r.body is not None else 0) + (len(r.error) if r.error else 0)
+    if r.inputs:
+        size += sum(getattr(a, "nbytes", 0) for a in r.inputs.values())
+    return size
+
+
 def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
@@ -112,8 +125,8 @@ def _mask(value: Any, masked: frozenset[str]) -> Any:
 class AuditLogger:
     """One JSON line per logged request to `stream` (default stdout) and optionally `path`.
 
-    Counters: `logged` (accepted for writing), `sampled_out`, `dropped` (queue full or
-    closed), `written`, `write_errors`. Call `close()` on shutdown to drain and stop.
+    Counters: `logged` (accepted for writing), `sampled_out`, `dropped` (queue full, over
+    `max_bytes`, or closed), `written`, `write_errors`. Call `close()` on shutdown to drain and stop.
     """
 
     def __init__(
@@ -128,13 +141,14 @@ class AuditLogger:
         clock: Callable[[], float] = time.time,
         to_stream: bool = True,
         flush_interval: float = 0.05,
+        max_bytes: int | None = 8 << 20,
     ) -> None:
         if include_inputs not in INPUT_MODES:
             raise ValueError(f"include_inputs must be one of {INPUT_MODES}, got {include_inputs!r}")
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError("sample_rate must be in [0, 1]")
-        if queue_size < 1:
-            raise ValueError("queue_size must be >= 1")
+        if queue_size < 1 or (max_bytes is not None and max_bytes < 1):
+            raise ValueError("queue_size and max_bytes must be >= 1")
         if flush_interval <= 0:
             raise ValueError("flush_interval must be > 0")
         self.sample_rate, self.include_inputs = sample_rate, include_inputs
@@ -151,6 +165,10 @@ class AuditLogger:
         # deque.append/popleft are atomic: the request path takes no lock and wakes no thread
         self._pending: deque[Any] = deque()
         self._queue_size = queue_size
+        self.max_bytes = max_bytes
+        # Estimated bytes queued = _bytes_in - _bytes_out: each counter has one writer (the
+        # request path, the writer thread), so neither needs a lock.
+        self._bytes_in = self._bytes_out = 0
         self._flush_interval = flush_interval
         self._wake = threading.Event()  # cuts the interval short (flush, close)
         self._closed = False
@@ -160,8 +178,9 @@ class AuditLogger:
 
     @property
     def wants_inputs(self) -> bool:
-        """Whether records should carry the decoded tensors (else pass inputs=None)."""
-        return self.include_inputs in ("summary", "raw", "digest")
+        """Whether records should carry the decoded tensors (else pass inputs=None). The
+        digest is of the body: the tensors are not kept for it."""
+        return self.include_inputs in ("summary", "raw")
 
     @property
     def wants_body(self) -> bool:
@@ -179,12 +198,25 @@ class AuditLogger:
         if not self.should_log(record.status):
             self.sampled_out += 1
             return False
-        if self._closed or len(self._pending) >= self._queue_size:
-            self.dropped += 1  # closed, or the writer is stuck: drop rather than wait
+        size = record_bytes(record)
+        if (self._closed or len(self._pending) >= self._queue_size
+                or (self.max_bytes is not None and self._bytes_in - self._bytes_out + size > self.max_bytes)):  # fmt: skip
+            self.dropped += 1  # closed, or the writer is behind: drop rather than wait or grow
             return False
-        self._pending.append((self._clock(), record))
+        self._bytes_in += size
+        self._pending.append((self._clock(), record, size))
         self.logged += 1
         return True
+
+    @property
+    def queued(self) -> int:
+        """Lines waiting for the writer thread."""
+        return len(self._pending)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Estimated memory held by the lines waiting for the writer thread."""
+        return max(0, self._bytes_in - self._bytes_out)
 
     # -- formatting (writer thread) -------------------------------------------------------
     def format(self, ts: float, r: AuditRecord) -> str:
@@ -229,10 +261,12 @@ class AuditLogger:
                     if isinstance(item, threading.Event):
                         events.append(item)
                         continue
+                    ts, record, size = item
                     try:
-                        lines.append(self.format(*item))
+                        lines.append(self.format(ts, record))
                     except Exception:  # noqa: BLE001 - a bad record must not stop auditing
                         self.write_errors += 1
+                    self._bytes_out += size
                 if lines:
                     text = "\n".join(lines) + "\n"
                     for out in self._outputs:

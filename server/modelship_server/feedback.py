@@ -14,10 +14,11 @@ of the mean absolute error over the row's outputs).
 """
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -71,19 +72,67 @@ class FeedbackStats:
     pending_rows: int
     counts: dict[str, int]  # feedback requests by outcome
     matched_rows: int  # all rows ever matched
-    evicted: int  # predictions dropped unanswered (age or capacity)
+    evicted: int  # predictions dropped unanswered (age, capacity or byte budget)
+    bytes: int = 0  # estimated memory held: pending predictions and remembered ids
+    max_bytes: int | None = None  # the byte budget (None: unbounded in bytes)
+    remembered: int = 0  # ids kept without predictions (expired / already answered)
+    duplicates: int = 0  # predictions not recorded: their request id was already known
 
 
-# An entry is a plain (time recorded, predictions) tuple: a tuple holding only a float and an
-# array is untracked by the cyclic GC, so a full store does not lengthen the gen-2 collections
-# that stall the event loop (a dataclass or NamedTuple entry stays tracked).
-_AT, _PREDICTIONS = 0, 1
+# An entry is a plain (time recorded, predictions, bytes) tuple: a tuple holding only numbers
+# and an array is untracked by the cyclic GC, so a full store does not lengthen the gen-2
+# collections that stall the event loop (a dataclass or NamedTuple entry stays tracked).
+# Predictions are compact copies: a one-row class is a Python int, anything else a small
+# array that owns its data (never a view: a view pins the whole batch's output buffer,
+# and under glibc malloc the freed activations around it, ~100x its own size).
+_AT, _PREDICTIONS, _BYTES = 0, 1, 2
+# Estimated bytes of one entry besides its predictions and id text: the tuple, the float,
+# the str header and the OrderedDict slot and link (measured with tracemalloc, CPython 3.11).
+ENTRY_OVERHEAD = 220
+ARRAY_OVERHEAD = 112  # an ndarray object that owns its data, without the data
+_INTAKE_BATCH = 64  # recorded predictions queued before they are filed in one go
+
+
+def _rows(p: Any) -> int:
+    return 1 if isinstance(p, int) else len(p)
+
+
+def compact_predictions(predictions: Any, classification: bool) -> tuple[Any, int]:
+    """(compact copy, its estimated bytes): an int for one integer class, else an owned array
+    (classes as int32 when they fit)."""
+    if type(predictions) is int:
+        return predictions, 0
+    preds = np.asarray(predictions)
+    if preds.ndim == 0:
+        preds = preds.reshape(1)
+    if classification:
+        if preds.ndim != 1:
+            raise ValueError("classification predictions must be one label per row")
+        if preds.dtype.kind in "iub":
+            if len(preds) == 1:
+                return int(preds[0]), 0
+            if preds.dtype.itemsize > 4 and len(preds) and (preds.min() < -(2**31) or preds.max() >= 2**31):
+                preds = preds.copy()
+            else:
+                preds = preds.astype(np.int32)  # always a copy
+        else:
+            preds = preds.copy()
+    else:
+        preds = preds.copy()
+    return preds, ARRAY_OVERHEAD + preds.nbytes
 
 
 class FeedbackStore:
     """A bounded, time-limited map request id -> predictions, and the rolling metric.
 
-    Thread-safe (one lock); every operation is O(rows of the request) amortised.
+    Bounded by entries, rows, age and estimated bytes (`max_bytes`: pending predictions plus
+    remembered ids). A request id is recorded once: a later prediction under an id that is
+    pending or remembered is not stored (the first one stays; counted in `duplicates`), so
+    no request can overwrite another's prediction.
+
+    `record` (the request path) appends to a queue without taking the lock; the queue is
+    filed every few records and before any read. Everything else holds one lock: thread-safe,
+    every operation O(rows of the request) amortised.
     """
 
     def __init__(
@@ -95,19 +144,27 @@ class FeedbackStore:
         max_rows: int | None = None,
         labels: Sequence[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_bytes: int | None = None,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if ttl_seconds <= 0 or max_entries < 1 or window < 1 or (max_rows is not None and max_rows < 1):
             raise ValueError("ttl_seconds, max_entries, window and max_rows must be positive")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be positive")
         self.ttl, self.max_entries, self.task, self.window = ttl_seconds, max_entries, task, window
-        self.max_rows = max_rows
+        self.max_rows, self.max_bytes = max_rows, max_bytes
+        self._classification = task == "classification"
+        self._too_old = f"older than {ttl_seconds:g}s"  # one shared string for every remembered id
         # class names (the signature's labels): truth may name a class or give its index
         self._label_index = {str(name): i for i, name in enumerate(labels or ())}
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[float, np.ndarray]] = OrderedDict()
+        # (request id, time, predictions, bytes) recorded, not yet filed: deque.append is atomic
+        self._intake: deque[tuple[str, float, Any, int]] = deque()
+        self._entries: OrderedDict[str, tuple[float, Any, int]] = OrderedDict()
         self._rows = 0
+        self._bytes = 0  # entries and remembered ids
         # id -> (time it left, why): answers "expired"/"duplicate" for one more TTL
         self._gone: OrderedDict[str, tuple[float, str]] = OrderedDict()
         # rolling window of per-row scores: 1.0/0.0 correct, or the row's absolute error
@@ -117,32 +174,31 @@ class FeedbackStore:
         self._counts = dict.fromkeys(OUTCOMES, 0)
         self._matched_rows = 0
         self._evicted = 0
+        self._duplicates = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._lock:
+            self._file_intake()
+            return len(self._entries)
 
     @property
     def remembered(self) -> int:
         """Ids kept without predictions to tell expired/duplicate from unknown (bounded)."""
-        return len(self._gone)
+        with self._lock:
+            self._file_intake()
+            return len(self._gone)
 
     # -- request path ---------------------------------------------------------------
     def record(self, request_id: str, predictions: Any) -> None:
-        """Remember a request's predictions: [rows] labels/values, or [rows, outputs] (regression)."""
-        preds = np.asarray(predictions)
-        if preds.ndim == 0:
-            preds = preds.reshape(1)
-        if self.task == "classification" and preds.ndim != 1:
-            raise ValueError("classification predictions must be one label per row")
-        now = self._clock()
-        with self._lock:
-            old = self._entries.pop(request_id, None)
-            if old is not None:
-                self._rows -= len(old[_PREDICTIONS])
-            self._gone.pop(request_id, None)
-            self._entries[request_id] = (now, preds)
-            self._rows += len(preds)
-            self._evict(now)
+        """Remember a request's predictions: [rows] labels/values, or [rows, outputs] (regression).
+
+        A one-row integer class may be passed as a plain int (no array at all)."""
+        payload, size = compact_predictions(predictions, self._classification)
+        intake = self._intake
+        intake.append((request_id, self._clock(), payload, size + ENTRY_OVERHEAD + len(request_id)))
+        if len(intake) >= _INTAKE_BATCH:
+            with self._lock:
+                self._file_intake()
 
     def feedback(self, request_id: str, truth: Any, count_unknown: bool = True) -> FeedbackResult:
         """Join the ground truth of an earlier request (one label/value per predicted row).
@@ -151,6 +207,7 @@ class FeedbackStore:
         peer pod, or a first look before asking the peers)."""
         now = self._clock()
         with self._lock:
+            self._file_intake()
             self._evict(now)
             entry = self._entries.get(request_id)
             if entry is None:
@@ -162,12 +219,16 @@ class FeedbackStore:
                 if gone[1] == MATCHED:
                     return self._count(DUPLICATE, request_id, "feedback for this request id was already received")
                 return self._count(EXPIRED, request_id, f"the prediction was dropped before feedback arrived ({gone[1]})")
+            predictions = entry[_PREDICTIONS]
+            if isinstance(predictions, int):
+                predictions = np.array([predictions])
             try:
-                scores = self._score(entry[_PREDICTIONS], truth)
+                scores = self._score(predictions, truth)
             except ValueError as exc:  # the entry stays: the client may retry with the right truth
                 return self._count(INVALID, request_id, str(exc))
             del self._entries[request_id]
-            self._rows -= len(entry[_PREDICTIONS])
+            self._rows -= len(predictions)
+            self._bytes -= entry[_BYTES]
             self._forget(request_id, now, MATCHED)
             self._push(scores)
             self._matched_rows += len(scores)
@@ -181,6 +242,7 @@ class FeedbackStore:
     # -- metrics --------------------------------------------------------------------
     def stats(self) -> FeedbackStats:
         with self._lock:
+            self._file_intake()
             self._evict(self._clock())
             n = self._filled
             value = float(self._scores[:n].mean()) if n else None
@@ -194,6 +256,10 @@ class FeedbackStore:
                 counts=dict(self._counts),
                 matched_rows=self._matched_rows,
                 evicted=self._evicted,
+                bytes=self._bytes,
+                max_bytes=self.max_bytes,
+                remembered=len(self._gone),
+                duplicates=self._duplicates,
             )
 
     # -- internals (lock held) --------------------------------------------------------
@@ -201,33 +267,69 @@ class FeedbackStore:
         self._counts[outcome] += 1
         return FeedbackResult(outcome, request_id, message, rows, **extra)
 
+    def _file_intake(self) -> None:
+        """Move the recorded predictions into the map, oldest first; the first prediction
+        under an id wins."""
+        intake, entries, gone = self._intake, self._entries, self._gone
+        filed = False
+        while intake:
+            rid, at, payload, size = intake.popleft()
+            if rid in entries or rid in gone:
+                self._duplicates += 1
+                continue
+            entries[rid] = (at, payload, size)
+            self._rows += _rows(payload)
+            self._bytes += size
+            filed = True
+        if filed:
+            self._evict(self._clock())
+
+    def _over_budget(self) -> bool:
+        return (self.max_bytes is not None and self._bytes > self.max_bytes) or (
+            self.max_rows is not None and self._rows > self.max_rows
+        ) or len(self._entries) > self.max_entries
+
     def _evict(self, now: float) -> None:
+        gone = self._gone
+        # remembered ids go first: they only improve the answer to a late feedback
+        while gone:
+            at = next(iter(gone.values()))[0]
+            if now - at > self.ttl or len(gone) > self.max_entries or (
+                self.max_bytes is not None and self._bytes > self.max_bytes
+            ):
+                rid, _ = gone.popitem(last=False)
+                self._bytes -= ENTRY_OVERHEAD + len(rid)
+            else:
+                break
         entries = self._entries
         while entries:
             rid, entry = next(iter(entries.items()))
             if now - entry[_AT] > self.ttl:
-                why = f"older than {self.ttl:g}s"
-            elif len(entries) > self.max_entries or (self.max_rows is not None and self._rows > self.max_rows):
+                why = self._too_old
+            elif self._over_budget():
                 why = "store full"
             else:
                 break
             entries.popitem(last=False)
-            self._rows -= len(entry[_PREDICTIONS])
+            self._rows -= _rows(entry[_PREDICTIONS])
+            self._bytes -= entry[_BYTES]
             self._evicted += 1
             self._forget(rid, now, why)
-        gone = self._gone
-        while gone:
-            at = next(iter(gone.values()))[0]
-            if now - at > self.ttl or len(gone) > self.max_entries:
-                gone.popitem(last=False)
-            else:
-                break
 
     def _forget(self, request_id: str, now: float, why: str) -> None:
-        self._gone.pop(request_id, None)
-        self._gone[request_id] = (now, why)
-        if len(self._gone) > self.max_entries:
-            self._gone.popitem(last=False)
+        """Remember an id that left the map, within the entry and byte bounds."""
+        gone = self._gone
+        size = ENTRY_OVERHEAD + len(request_id)
+        if self.max_bytes is not None and self._bytes + size > self.max_bytes:
+            return  # predictions come first; this id will answer "unknown"
+        if request_id in gone:
+            del gone[request_id]
+            self._bytes -= size
+        gone[request_id] = (now, why)
+        self._bytes += size
+        if len(gone) > self.max_entries:
+            rid, _ = gone.popitem(last=False)
+            self._bytes -= ENTRY_OVERHEAD + len(rid)
 
     def _score(self, predictions: np.ndarray, truth: Any) -> np.ndarray:
         try:
@@ -276,12 +378,32 @@ class FeedbackStore:
 MAX_FEEDBACK_ITEMS = 1000
 
 
+def feedback_denied(token: str, authorization: str | None) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+    """None when a feedback request may proceed, else (status, JSON body, headers).
+
+    With a token set (MODELSHIP_FEEDBACK_TOKEN), feedback needs `Authorization: Bearer <token>`:
+    without the header 401 (and a WWW-Authenticate challenge), with a wrong token 403. Feedback
+    moves the online accuracy that alerts and dashboards read, so it can be kept to the
+    systems that hold the ground truth."""
+    if not token:
+        return None
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return 401, {"error": "feedback needs an Authorization: Bearer <token> header (MODELSHIP_FEEDBACK_TOKEN is set)"}, \
+            {"www-authenticate": 'Bearer realm="modelship-feedback"'}  # fmt: skip
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return 403, {"error": "the feedback token is not valid"}, {}
+    return None
+
+
 def parse_feedback(body: bytes | str, max_items: int = MAX_FEEDBACK_ITEMS) -> tuple[list[tuple[str, Any]], bool] | str:
     """([(request_id, truth), ...], single?) of a feedback body, or an error message."""
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         return f"feedback body is not valid JSON: {exc}"
+    except RecursionError:
+        return "feedback body is nested too deeply"
     if isinstance(doc, dict) and "feedback" in doc:
         items = doc["feedback"]
         if not isinstance(items, list) or not items:

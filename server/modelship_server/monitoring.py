@@ -38,6 +38,7 @@ class Monitoring:
     drift_input: str = ""  # the input tensor the drift monitor watches
     drift_state: str = "off"  # on | off | no profile | error: ...
     drift_interval_s: float = 30.0
+    drift_max_bytes: int = 0  # the drift window's byte budget (the window is cut to fit it)
     feedback: FeedbackStore | None = None
     audit: AuditLogger | None = None
     classifier: bool = True
@@ -67,12 +68,13 @@ class Monitoring:
         store = self.feedback
         if store is not None:
             try:
-                if self.classifier and result.classes is not None:
-                    preds = result.classes
+                classes = result.classes if self.classifier else None
+                if classes is not None:
+                    # one row: a plain int, no array (the store copies anything else)
+                    store.record(request_id, int(classes[0]) if len(classes) == 1 else classes)
                 else:
                     out = result.outputs[self.first_output]
-                    preds = out.reshape(out.shape[0], -1) if out.ndim > 2 else out
-                store.record(request_id, preds)
+                    store.record(request_id, out.reshape(out.shape[0], -1) if out.ndim > 2 else out)
             except (ValueError, KeyError, IndexError) as e:  # monitoring never fails a request
                 self.observe_errors += 1
                 if self.observe_errors == 1:
@@ -103,6 +105,7 @@ def build_monitoring(settings: Settings, signature: Signature, model_path: str |
     s = settings
     mon = Monitoring(
         drift_interval_s=s.drift_interval_s,
+        drift_max_bytes=s.drift_max_bytes,
         classifier=signature.is_classifier,
         first_output=signature.outputs[0].name,
     )
@@ -128,11 +131,12 @@ def build_monitoring(settings: Settings, signature: Signature, model_path: str |
             s.feedback_ttl_s, s.feedback_max_entries,
             task="classification" if signature.is_classifier else "regression",
             window=s.feedback_window, max_rows=s.feedback_max_rows, labels=signature.labels or None,
+            max_bytes=s.feedback_max_bytes,
         )  # fmt: skip
     if s.audit_enabled:
         mon.audit = AuditLogger(
             path=s.audit_file or None, to_stream=s.audit_log == "stdout", sample_rate=s.audit_sample_rate,
-            include_inputs=s.audit_inputs, mask_fields=s.audit_mask_fields,
+            include_inputs=s.audit_inputs, mask_fields=s.audit_mask_fields, max_bytes=s.audit_max_bytes,
         )  # fmt: skip
     return mon
 
@@ -178,8 +182,13 @@ def _drift_monitor(s: Settings, signature: Signature, path: Path) -> tuple[Drift
     width = math.prod(spec.row_shape) if all(d >= 0 for d in spec.row_shape) else None
     if width is not None and width != len(profile["features"]):
         raise ProfileError(f"input {watched!r} has {width} values per row, the profile {len(profile['features'])} features")
+    features = len(profile["features"])
+    window = max(1, min(s.drift_window, s.drift_max_bytes // (features * 4)))
+    if window < s.drift_window:
+        log.warning("drift window cut to %d rows (MODELSHIP_DRIFT_WINDOW=%d): %d features x 4 bytes x rows must fit "
+                    "MODELSHIP_DRIFT_MAX_BYTES=%d", window, s.drift_window, features, s.drift_max_bytes)  # fmt: skip
     monitor = DriftMonitor(
-        profile, window=s.drift_window, threshold=s.drift_threshold,
+        profile, window=window, threshold=s.drift_threshold,
         ks_threshold=s.drift_ks_threshold or None, min_rows=s.drift_min_rows,
     )  # fmt: skip
     return monitor, watched

@@ -35,6 +35,32 @@ class MonitoringCollector(Collector):
         yield from self._drift(mon, ident)
         yield from self._feedback(mon, ident)
         yield from self._audit(mon, ident)
+        yield from self._stores(mon, ident)
+
+    def _stores(self, mon: Monitoring, ident: list[str]) -> Iterator[Metric]:
+        """Memory of every per-request store, against its byte budget (MODELSHIP_*_MAX_BYTES)."""
+        labels = ["model", "version", "store"]
+        held = GaugeMetricFamily("modelship_monitor_store_bytes",
+                                 "Estimated memory held by a monitoring store (feedback, audit, drift).", labels=labels)  # fmt: skip
+        entries = GaugeMetricFamily("modelship_monitor_store_entries",
+                                    "Items in a monitoring store: pending predictions and remembered ids (feedback), "
+                                    "queued lines (audit), input rows in the window (drift).", labels=labels)  # fmt: skip
+        budget = GaugeMetricFamily("modelship_monitor_store_budget_bytes",
+                                   "The byte budget of a monitoring store.", labels=labels)  # fmt: skip
+        if mon.feedback is not None:
+            st = mon.feedback.stats()
+            held.add_metric([*ident, "feedback"], st.bytes)
+            entries.add_metric([*ident, "feedback"], st.pending + st.remembered)
+            budget.add_metric([*ident, "feedback"], st.max_bytes if st.max_bytes is not None else math.inf)
+        if mon.audit is not None:
+            held.add_metric([*ident, "audit"], mon.audit.queued_bytes)
+            entries.add_metric([*ident, "audit"], mon.audit.queued)
+            budget.add_metric([*ident, "audit"], mon.audit.max_bytes if mon.audit.max_bytes is not None else math.inf)
+        if mon.drift is not None:
+            held.add_metric([*ident, "drift"], mon.drift.nbytes)
+            entries.add_metric([*ident, "drift"], mon.drift.rows)
+            budget.add_metric([*ident, "drift"], mon.drift_max_bytes)
+        yield from (held, entries, budget)
 
     def _drift(self, mon: Monitoring, ident: list[str]) -> Iterator[Metric]:
         yield _gauge("modelship_drift_enabled", "1 when input drift is monitored (a reference profile was loaded).",
@@ -89,7 +115,10 @@ class MonitoringCollector(Collector):
             by_result.add_metric([*ident, outcome], st.counts.get(outcome, 0))
         yield by_result
         yield _counter("modelship_feedback_matched_rows", "Prediction rows joined to their ground truth.", ident, st.matched_rows)
-        yield _counter("modelship_feedback_evicted", "Predictions dropped before feedback arrived (age or capacity).", ident, st.evicted)
+        yield _counter("modelship_feedback_evicted", "Predictions dropped before feedback arrived (age, capacity or bytes).", ident, st.evicted)
+        yield _counter("modelship_feedback_duplicate_ids",
+                       "Predictions not stored because their request id was already known (the first stays).",
+                       ident, st.duplicates)  # fmt: skip
         if self._forwarded is not None:
             fwd = CounterMetricFamily("modelship_feedback_forwarded",
                                       "Feedback items this pod did not know, answered by a peer pod, by the peer's result.",

@@ -72,11 +72,12 @@ class FeedbackPeers:
         self._resolved[host] = (now, ips)
         return ips
 
-    async def ask(self, items: list[tuple[str, Any]]) -> dict[str, tuple[int, dict[str, Any]]]:
-        """request id -> (status, body) of the first peer that knew it."""
+    async def ask(self, items: list[tuple[str, Any]], token: str = "") -> dict[str, tuple[int, dict[str, Any]]]:
+        """request id -> (status, body) of the first peer that knew it (`token`: the feedback
+        token, sent as a Bearer token: the peers require the same one)."""
         payload = orjson.dumps({"feedback": [{"request_id": rid, "truth": truth} for rid, truth in items]})
         addrs = await self.addresses()
-        replies = await asyncio.gather(*(self._post(host, port, payload) for host, port in addrs), return_exceptions=True)
+        replies = await asyncio.gather(*(self._post(host, port, payload, token) for host, port in addrs), return_exceptions=True)
         known: dict[str, tuple[int, dict[str, Any]]] = {}
         for (host, port), reply in zip(addrs, replies):
             if isinstance(reply, BaseException):
@@ -95,17 +96,18 @@ class FeedbackPeers:
             self.answered[str(body["result"])] += 1
         return known
 
-    async def _post(self, host: str, port: int, payload: bytes) -> tuple[int, Any]:
-        return await asyncio.wait_for(_http_post(host, port, FEEDBACK_PATH, payload), self.timeout_s)
+    async def _post(self, host: str, port: int, payload: bytes, token: str = "") -> tuple[int, Any]:
+        return await asyncio.wait_for(_http_post(host, port, FEEDBACK_PATH, payload, token), self.timeout_s)
 
 
-async def _http_post(host: str, port: int, path: str, payload: bytes) -> tuple[int, Any]:
+async def _http_post(host: str, port: int, path: str, payload: bytes, token: str = "") -> tuple[int, Any]:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {authority}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(payload)}\r\n{FORWARDED_HEADER}: 1\r\nconnection: close\r\n\r\n"
+            f"content-length: {len(payload)}\r\n{FORWARDED_HEADER}: 1\r\nconnection: close\r\n"
+            + (f"authorization: Bearer {token}\r\n" if token else "") + "\r\n"
         )
         writer.write(head.encode() + payload)
         await writer.drain()
@@ -123,7 +125,7 @@ async def _http_post(host: str, port: int, path: str, payload: bytes) -> tuple[i
 
 
 async def answer_feedback_with_peers(store: FeedbackStore, body: bytes, peers: FeedbackPeers | None,
-                                     forwarded: bool) -> tuple[int, dict[str, Any]]:  # fmt: skip
+                                     forwarded: bool, token: str = "") -> tuple[int, dict[str, Any]]:  # fmt: skip
     """The feedback routes: join here; ids unknown here go to the peers (unless this is a
     peer's question); what nobody knows is counted "unknown" here, once."""
     parsed = parse_feedback(body)
@@ -135,7 +137,7 @@ async def answer_feedback_with_peers(store: FeedbackStore, body: bytes, peers: F
     answers = [(r.http_status, r.to_dict()) for r in results]
     unknown = [i for i, r in enumerate(results) if r.outcome == UNKNOWN]
     if ask_peers and unknown:
-        known = await peers.ask([items[i] for i in unknown])  # type: ignore[union-attr]
+        known = await peers.ask([items[i] for i in unknown], token)  # type: ignore[union-attr]
         for i in unknown:
             rid, truth = items[i]
             if rid in known:

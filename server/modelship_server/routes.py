@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 
 from .errors import ServerError
 from .metrics import CONTENT_TYPE
+from .feedback import feedback_denied
 from .peers import FORWARDED_HEADER, answer_feedback_with_peers
 from .protocols import v2
 from .service import Service
@@ -112,6 +113,9 @@ def add_routes(app: FastAPI, service: Service) -> None:
 
     # -- monitoring (docs/monitoring.md) ---------------------------------------------------
     async def _feedback(request: Request) -> Response:
+        denied = feedback_denied(service.settings.feedback_token, request.headers.get("authorization"))
+        if denied is not None:  # MODELSHIP_FEEDBACK_TOKEN is set and the request lacks it
+            return JSONResponse(denied[1], status_code=denied[0], headers=denied[2])
         monitoring = service.monitoring
         if monitoring is None:
             return _not_ready(service, {})
@@ -120,7 +124,8 @@ def add_routes(app: FastAPI, service: Service) -> None:
         forwarded = request.headers.get(FORWARDED_HEADER) == "1"
         raw = await request.body()  # limited (413) by the ASGI layer
         try:
-            status, body = await answer_feedback_with_peers(monitoring.feedback, raw, service.peers, forwarded)
+            status, body = await answer_feedback_with_peers(monitoring.feedback, raw, service.peers, forwarded,
+                                                            token=service.settings.feedback_token)
         except RecursionError:  # the stdlib JSON parser on deeply nested input
             return JSONResponse({"error": "feedback body is nested too deeply"}, status_code=400)
         return JSONResponse(body, status_code=status)

@@ -114,6 +114,7 @@ class Settings:
             (self.feedback_max_bytes >= 1, "feedback_max_bytes must be >= 1"),
             (self.audit_max_bytes >= 1, "audit_max_bytes must be >= 1"),
             (self.drift_max_bytes >= 1, "drift_max_bytes must be >= 1"),
+            (all(32 < ord(c) < 127 for c in self.feedback_token), "feedback_token must be printable ASCII without spaces"),
             (self.feedback_peer_timeout_ms > 0, "feedback_peer_timeout_ms must be > 0"),
             (self.audit_log in AUDIT_LOGS, f"audit_log must be one of {AUDIT_LOGS}"),
             (0 <= self.audit_sample_rate <= 1, "audit_sample_rate must be in 0..1"),

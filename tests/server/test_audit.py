@@ -197,3 +197,37 @@ def test_invalid_settings_are_rejected() -> None:
         AuditLogger(stream=io.StringIO(), include_inputs="everything")
     with pytest.raises(ValueError, match="sample_rate"):
         AuditLogger(stream=io.StringIO(), sample_rate=1.5)
+
+
+class _StuckStream(io.StringIO):
+    """A stream whose writes wait until released: a writer that cannot keep up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, s: str) -> int:
+        self.release.wait(30)
+        return super().write(s)
+
+
+def test_queue_is_bounded_in_bytes_while_the_writer_is_stuck() -> None:
+    out = _StuckStream()
+    big = b"x" * 100_000  # a 100 kB body, kept for its digest
+    audit = AuditLogger(stream=out, include_inputs="digest", max_bytes=1 << 20, flush_interval=0.01)
+    try:
+        assert not audit.wants_inputs and audit.wants_body  # the digest needs the body only
+        accepted = [audit.log(record(i, inputs=None, body=big)) for i in range(100)]
+        assert 8 <= sum(accepted) <= 11 and audit.dropped == 100 - sum(accepted)
+        assert audit.queued_bytes <= 1 << 20
+        out.release.set()
+        assert audit.flush(10)
+        assert audit.queued_bytes == 0 and audit.queued == 0
+        assert audit.log(record(100, inputs=None, body=big))  # room again
+        assert audit.flush(10)
+    finally:
+        out.release.set()
+        audit.close()
+    lines = lines_of(out)
+    assert len(lines) == audit.written == sum(accepted) + 1
+    assert lines[-1]["input_digest"] == "sha256:" + hashlib.sha256(big).hexdigest()

@@ -1,14 +1,17 @@
 """Feedback joins on real digits predictions, bounded memory and expiry with an injected clock."""
 from __future__ import annotations
 
+import gc
 import json
+import tracemalloc
+import weakref
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from modelship_server.feedback import FeedbackStore, answer_feedback
+from modelship_server.feedback import FeedbackStore, answer_feedback, feedback_denied
 
 
 class Clock:
@@ -204,3 +207,73 @@ def test_truth_may_name_the_class_when_labels_are_known() -> None:
     store.record("c", np.array([1]))
     bad = store.feedback("c", ["horse"])
     assert bad.outcome == "invalid" and "horse" in bad.message
+
+
+# -- byte budget, compact copies, first prediction wins ---------------------------------------
+
+
+def test_a_second_prediction_under_an_id_never_replaces_the_first() -> None:
+    store = FeedbackStore(ttl_seconds=60, max_entries=100, clock=Clock())
+    store.record("victim", np.array([1, 2]))
+    store.record("victim", np.array([7, 7]))  # e.g. another client choosing the same x-request-id
+    assert len(store) == 1 and store.stats().duplicates == 1
+    result = store.feedback("victim", [1, 2])
+    assert result.matched and result.correct == 2
+    store.record("victim", np.array([7, 7]))  # answered ids are remembered: still not re-recorded
+    assert len(store) == 0 and store.stats().duplicates == 2
+    assert store.feedback("victim", [7, 7]).outcome == "duplicate"
+
+
+def test_stored_predictions_are_copies_that_do_not_pin_the_batch_output() -> None:
+    store = FeedbackStore(ttl_seconds=60, max_entries=100, task="regression", clock=Clock())
+    classes = FeedbackStore(ttl_seconds=60, max_entries=100, clock=Clock())
+    batch = np.random.default_rng(0).random((4096, 64)).astype(np.float32)  # 1 MiB "output buffer"
+    labels = np.arange(4096, dtype=np.int64)
+    alive = [weakref.ref(batch), weakref.ref(labels)]
+    store.record("r", batch[:2])  # views, as np.split hands them out
+    classes.record("c", labels[:3])
+    classes.record("one", labels[5:6])
+    del batch, labels
+    gc.collect()
+    assert [ref() for ref in alive] == [None, None]  # nothing kept the 1 MiB alive
+    assert classes.feedback("c", [0, 1, 2]).correct == 3 and classes.feedback("one", [5]).correct == 1
+    assert store.feedback("r", np.zeros((2, 64))).matched
+
+
+def test_byte_budget_bounds_the_memory_really_held() -> None:
+    budget = 2 << 20
+    store = FeedbackStore(ttl_seconds=3600, max_entries=1_000_000, max_rows=100_000_000, max_bytes=budget, clock=Clock())
+    preds = np.arange(32, dtype=np.int64) % 10
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(40_000):  # ~4x what fits
+            store.record(f"{i:032x}", preds)
+            if i % 1000 == 999:
+                assert store.stats().bytes <= budget
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    stats = store.stats()
+    assert stats.evicted > 20_000 and stats.pending > 1000
+    assert budget * 0.8 < stats.bytes <= budget
+    assert held < budget * 1.25, f"{held} bytes held for an estimate of {stats.bytes}"  # the estimate is honest
+    assert store.feedback(f"{39_999:032x}", preds.tolist()).matched
+
+
+def test_remembered_ids_count_in_the_budget() -> None:
+    store = FeedbackStore(ttl_seconds=3600, max_entries=1_000_000, max_bytes=100_000, clock=Clock())
+    for i in range(5000):
+        store.record(f"id-{i}", [i % 10])
+        store.feedback(f"id-{i}", [i % 10])  # matched: remembered without predictions
+    stats = store.stats()
+    assert stats.pending == 0 and 0 < stats.remembered < 5000 and stats.bytes <= 100_000
+
+
+def test_feedback_token() -> None:
+    assert feedback_denied("", None) is None and feedback_denied("", "Bearer x") is None
+    status, body, headers = feedback_denied("s3cret", None)
+    assert status == 401 and "Bearer" in body["error"] and headers["www-authenticate"].startswith("Bearer")
+    assert feedback_denied("s3cret", "Basic czNjcmV0")[0] == 401
+    assert feedback_denied("s3cret", "Bearer guess")[:2] == (403, {"error": "the feedback token is not valid"})
+    assert feedback_denied("s3cret", "bearer  s3cret ") is None

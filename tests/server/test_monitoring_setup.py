@@ -87,3 +87,11 @@ def test_monitoring_settings_from_env_and_their_checks() -> None:
                 {"feedback_peers": "a:8080,b"}, {"feedback_peers": "a:http"}):  # fmt: skip
         with pytest.raises(SettingsError):
             Settings(**bad)  # type: ignore[arg-type]
+
+
+def test_drift_window_fits_its_byte_budget(model_dir: Path, signature: Signature, tmp_path: Path) -> None:
+    mon = build_monitoring(_settings(tmp_path, drift_window=1000, drift_max_bytes=64 * 4 * 300), signature,
+                           str(model_dir / "model.pt"))  # fmt: skip
+    assert mon.drift is not None and mon.drift.window == 300 and mon.drift.nbytes == 300 * 64 * 4
+    roomy = build_monitoring(_settings(tmp_path, drift_window=1000), signature, str(model_dir / "model.pt"))
+    assert roomy.drift is not None and roomy.drift.window == 1000  # the default budget (16 MiB) does not cut it
