@@ -93,7 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_header=False,
     )
     server = _Server(config, app.state.service)
-    server.run()
+    if settings.admin_port:
+        # One server, one event loop, two listening sockets: the app tells the ports apart
+        # (asgi.py) and serves /metrics, /feedback, /drift only on the admin one.
+        admin = uvicorn.Config(app, host=settings.host, port=settings.admin_port, log_level=settings.log_level)
+        server.run(sockets=[config.bind_socket(), admin.bind_socket()])
+    else:
+        server.run()
     return server.exit_code
 
 

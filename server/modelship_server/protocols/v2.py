@@ -43,6 +43,15 @@ def _shape(value: Any, what: str) -> list[int]:
     return value
 
 
+def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise BadRequest(f'{what}: "parameters" must be a JSON object')
+    return params
+
+
 def _decode(service: Service, body: bytes, header_length: int | None) -> tuple[dict[str, Any], dict[str, np.ndarray], int]:
     sig = service.signature
     assert sig is not None
@@ -79,8 +88,7 @@ def _decode(service: Service, body: bytes, header_length: int | None) -> tuple[d
         datatype = item.get("datatype")
         if datatype != spec.datatype:
             raise BadRequest(f"{what}: datatype {datatype!r} does not match the model's {spec.datatype}")
-        params = item.get("parameters") or {}
-        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        size = _parameters(item, what).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise BadRequest(f"{what}: binary_data_size {size!r} is out of range of the binary data")
@@ -114,8 +122,7 @@ def _wanted(service: Service, req: dict[str, Any]) -> list[tuple[str, bool]]:
     """(output name, binary?) in response order."""
     sig = service.signature
     assert sig is not None
-    params = req.get("parameters") or {}
-    binary_default = bool(params.get("binary_data_output")) if isinstance(params, dict) else False
+    binary_default = bool(_parameters(req, "request").get("binary_data_output"))
     asked = req.get("outputs")
     if not asked:
         return [(s.name, binary_default) for s in sig.outputs]
@@ -127,8 +134,7 @@ def _wanted(service: Service, req: dict[str, Any]) -> list[tuple[str, bool]]:
         name = o.get("name") if isinstance(o, dict) else None
         if not isinstance(name, str) or name not in known:
             raise BadRequest(f"unknown output {name!r} (expected {', '.join(known)})")
-        p = o.get("parameters") or {}
-        wanted.append((name, bool(p.get("binary_data", binary_default)) if isinstance(p, dict) else binary_default))
+        wanted.append((name, bool(_parameters(o, f"output {name!r}").get("binary_data", binary_default))))
     return wanted
 
 
