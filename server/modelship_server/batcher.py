@@ -297,6 +297,11 @@ class Batcher:
                     task = self._loop.create_task(self._run_batch(batch))  # type: ignore[union-attr]
                     self._in_flight.add(task)
                     task.add_done_callback(self._in_flight.discard)
+                    # After the hand-off: a failing hook must not strand the batch's requests.
+                    if self._observer is not None:
+                        now = self._clock.now()  # type: ignore[union-attr]
+                        for item in batch:
+                            self._observer.on_dispatch(now - item.enqueued)
             if self._in_flight:
                 await asyncio.wait(self._in_flight)
         except Exception:  # a bug here would hang every request: fail them loudly instead
@@ -312,8 +317,6 @@ class Batcher:
         batch: list[_Item] = []
         rows = 0
         queue = self._queue
-        now = self._clock.now()  # type: ignore[union-attr]
-        observer = self._observer
         while queue:
             item = queue[0]
             if item.state != _QUEUED:
@@ -325,8 +328,6 @@ class Batcher:
             item.state = _RUNNING
             rows += item.rows
             batch.append(item)
-            if observer is not None:
-                observer.on_dispatch(now - item.enqueued)
         self._queued_rows -= rows
         return batch
 

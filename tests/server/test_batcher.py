@@ -8,7 +8,7 @@ from typing import Any, Callable
 import pytest
 
 from modelship_server.batcher import Batcher
-from modelship_server.errors import InferenceFailed, QueueFull, ShuttingDown, Timeout
+from modelship_server.errors import InferenceFailed, QueueFull, ShuttingDown, Timeout, Unavailable
 
 
 class FakeClock:
@@ -229,5 +229,71 @@ def test_close_refuses_new_work_and_flushes_the_queue() -> None:
         assert await asyncio.wait_for(asyncio.gather(*queued), 3) == [2, 4]
         await asyncio.wait_for(drained, 3)
         assert rec.calls == [[1, 2]]
+
+    asyncio.run(main())
+
+
+class BrokenObserver(Seen):
+    """A metrics hook with a bug: it raises inside the batching loop."""
+
+    def on_dispatch(self, queue_wait_s: float) -> None:
+        raise RuntimeError("observer bug")
+
+
+def test_a_dead_loop_is_reported_and_fails_requests_fast(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        clock, rec = FakeClock(), Recorder()
+        b = make(rec, clock, max_batch_size=2, observer=BrokenObserver())
+        assert b.problem() is None and not b.dead
+        # A full batch is handed to the worker, then the hook kills the loop.
+        taken = [asyncio.ensure_future(b.submit(p, 1)) for p in (1, 2)]
+        left = asyncio.ensure_future(b.submit(3, 1))
+        assert await asyncio.wait_for(asyncio.gather(*taken), 3) == [2, 4]  # the batch in hand completes
+        with pytest.raises(Unavailable):  # the queued request fails at once, not at its timeout
+            await asyncio.wait_for(left, 3)
+        assert b.dead and "batching loop is dead" in (b.problem() or "") and "observer bug" in (b.problem() or "")
+        with pytest.raises(Unavailable, match="batching loop is dead"):
+            await b.submit(4, 1)
+        assert rec.calls == [[1, 2]]
+
+    asyncio.run(main())
+    assert any("batching loop is dead" in r.getMessage() for r in caplog.records)
+
+
+def test_a_cancelled_loop_fails_its_queued_requests() -> None:
+    async def main() -> None:
+        clock, rec = FakeClock(), Recorder()
+        b = make(rec, clock, max_batch_size=100, max_delay=60.0)
+        queued = asyncio.ensure_future(b.submit(1, 1))  # waits for batch-mates: the clock never moves
+        await settle()
+        b._task.cancel()  # the loop dies while a request waits
+        with pytest.raises(Unavailable):
+            await asyncio.wait_for(queued, 3)
+        assert b.dead and "cancelled" in (b.problem() or "")
+
+    asyncio.run(main())
+
+
+def test_a_forward_pass_running_past_the_timeout_is_stuck_until_it_returns(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        gate = threading.Event()
+        clock, rec = FakeClock(), Recorder(gate=gate)
+        b = make(rec, clock, max_batch_size=1, max_delay=0.0, timeout=5.0)
+        assert b.stuck_after == 5.0  # defaults to the request timeout
+        hanging = asyncio.ensure_future(b.submit(1, 1))
+        await until(rec.entered.is_set)  # the predict function hangs in the worker
+        clock.advance(4.9)
+        assert b.problem() is None and not b.stuck and b.forward_running_s() == pytest.approx(4.9)
+        clock.advance(0.2)  # past the timeout: the request got its 504, the forward is stuck
+        with pytest.raises(Timeout):
+            await asyncio.wait_for(hanging, 3)
+        assert b.stuck and "stuck" in (b.problem() or "")
+        assert any("stuck" in r.getMessage() for r in caplog.records)
+        gate.set()  # it returns at last: healthy again
+        await until(lambda: b.forward_running_s() is None)
+        assert b.problem() is None and not b.stuck
+        assert await asyncio.wait_for(b.submit(2, 1), 3) == 4
+        await b.drain()
+        assert b.problem() is None and not b.dead  # a drained loop is not a dead one
 
     asyncio.run(main())
