@@ -38,13 +38,17 @@ clean:
 	rm -rf $(VENV) examples/model .pytest_cache
 
 # Packaging (issue 5). kind-e2e needs Docker, kind, kubectl and helm on the machine.
-.PHONY: api-docs chart-lint kind-e2e
+.PHONY: crd api-docs chart-lint kind-e2e
 
-api-docs: install
+# The CRD is generated from the typed models (operator/modelship_operator/api/v1alpha1.py);
+# charts/modelship/crds is a symlink to crds/, the package generates it at run time.
+crd: install
+	$(BIN)/python -m modelship_operator.api.crdgen > crds/modeldeployments.modelship.dev.yaml
+
+api-docs: crd
 	$(BIN)/python scripts/gen_api_reference.py
 
 chart-lint: install
-	cp crds/*.yaml charts/modelship/crds/
 	$(BIN)/python -m pytest -q tests/packaging/test_chart.py tests/packaging/test_alerts.py tests/packaging/test_dashboard.py
 
 kind-e2e: install

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modelship_operator import schema
+from modelship_operator.api import validate as schema
 from modelship_operator.spec import ModelDeployment, SpecError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,13 +133,13 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
      "spec.gpu.count: 17 is greater than the maximum of 16", "must be at most 16"),
     ("fp16-without-gpu",
      both(setting("spec.gpu", {}), setting("spec.server.precision", "bf16")),
-     "spec: server.precision fp16 and bf16 need a GPU", "needs a GPU"),
+     "spec: server.precision fp16 and bf16 need a GPU", "need a GPU"),
     ("unknown-precision", setting("spec.server.precision", "int8"),
      "spec.server.precision: 'int8' is not one of", "must be one of fp32, fp16, bf16"),
     ("gateway-traffic-without-gateway", setting("spec.rollout.gateway", DELETE),
      "spec.rollout: rollout.traffic gateway needs rollout.gateway.parentRefs", "needs rollout.gateway.parentRefs"),
     ("gateway-without-parent", setting("spec.rollout.gateway.parentRefs", []),
-     "spec.rollout.gateway.parentRefs: []", "parentRefs must name at least one Gateway"),
+     "spec.rollout.gateway.parentRefs: []", "parentRefs needs at least 1 entry"),
     ("gateway-parent-without-name", setting("spec.rollout.gateway.parentRefs", [{"namespace": "gw"}]),
      "'name' is a required property", "parentRefs[0].name is required"),
     ("mirror-with-replica-traffic", setting("spec.rollout.traffic", "replicas"),
@@ -156,9 +156,9 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
     ("duplicate-env", setting("spec.server.env.1", {"name": "AWS_REGION", "value": "us-east-1"}),
      "spec.server.env: duplicate entry with name", "sets 'AWS_REGION' twice"),
     ("bad-quantity", setting("spec.server.resources.limits.memory", "4 GB"),
-     "spec.server.resources.limits.memory: '4 GB' does not match", "not a quantity"),
+     "spec.server.resources.limits.memory: '4 GB' does not match", "is not a quantity"),
     ("typo-field", setting("spec.server.batching.maxBatchsize", 8),
-     "spec.server.batching: unknown field(s): 'maxBatchsize'", "unknown field(s): 'maxBatchsize'"),
+     "spec.server.batching: unknown field(s): 'maxBatchsize'", "unknown field 'maxBatchsize'"),
     ("name-starts-with-digit", setting("metadata.name", "1fraud"),
      "<root>: metadata.name must be a DNS-1035 label", "DNS-1035 label"),
     ("name-too-long", setting("metadata.name", "f" * 53),
@@ -170,11 +170,11 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
     ("history-limit-too-big", setting("spec.historyLimit", 1000),
      "spec.historyLimit: 1000 is greater than the maximum of 100", "must be at most 100"),
     ("drift-reference-on-pvc", setting("spec.monitoring", {"drift": {"reference": "pvc://models/ref.json"}}),
-     "spec.monitoring.drift.reference: monitoring.drift.reference cannot be a pvc:// URI", "a pvc:// URI is not mounted"),
+     "spec.monitoring.drift.reference: monitoring.drift.reference cannot be a pvc:// URI", "cannot be a pvc:// URI"),
     ("zero-drift-interval", setting("spec.monitoring", {"drift": {"interval": "0s"}}),
-     "monitoring.drift.interval must be greater than zero", "must be a positive duration"),
+     "monitoring.drift.interval must be greater than zero", "must be greater than zero"),
     ("zero-feedback-ttl", setting("spec.monitoring", {"feedback": {"ttl": "0.0m"}}),
-     "monitoring.feedback.ttl must be greater than zero", "must be a positive duration"),
+     "monitoring.feedback.ttl must be greater than zero", "must be greater than zero"),
     ("audit-raw-inputs", setting("spec.monitoring", {"audit": {"enabled": True, "inputs": "raw"}}),
      "spec.monitoring.audit.inputs: 'raw' is not one of", "must be one of none, digest, summary"),
 ]
@@ -245,7 +245,7 @@ def test_ten_kinds_of_mistake_come_from_cel_rules_alone() -> None:
     caught = []
     for case, mutation, fragment, _ in INVALID:
         obj = schema.apply_defaults(mutated(mutation), root)
-        if schema._schema_errors(obj, root) or schema._list_map_errors(obj, root):
+        if schema.schema_errors(obj, root) or schema.list_map_errors(obj, root):
             continue  # a structural mistake
         assert any(fragment in e for e in _cel_only(mutated(mutation))), case
         caught.append(case)
@@ -253,7 +253,7 @@ def test_ten_kinds_of_mistake_come_from_cel_rules_alone() -> None:
 
 
 def _cel_only(obj: dict[str, Any]) -> list[str]:
-    return schema._cel_errors(schema.apply_defaults(obj, schema.openapi_schema()), schema.openapi_schema())
+    return schema.cel_errors(schema.apply_defaults(obj, schema.openapi_schema()), schema.openapi_schema())
 
 
 def _all_rules() -> list[dict[str, Any]]:
@@ -337,7 +337,7 @@ def test_without_jsonschema_the_typed_model_gives_the_verdict(monkeypatch: pytes
     monkeypatch.setattr(builtins, "__import__", no_jsonschema)
     assert schema.validate(BASE) == []
     errors = schema.validate(mutated(setting("spec.server.batching.maxBatchsize", 8)))
-    assert errors == ["spec.server.batching has unknown field(s): 'maxBatchsize'"]
+    assert errors == ["spec.server.batching: unknown field 'maxBatchsize'"]
 
 
 @pytest.mark.parametrize("path, value", [

@@ -2,21 +2,21 @@
 defaults and the cost bounds the API server's CEL budget needs."""
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import celpy
-import jsonschema
 import pytest
 import yaml
 
-from modelship_operator import schema
+from modelship_operator.api import crdgen
+from modelship_operator.api import validate as schema
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "modeldeployments.modelship.dev.yaml"
-PACKAGED = ROOT / "operator" / "modelship_operator" / "crd" / "modeldeployments.modelship.dev.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +63,23 @@ def test_identity_and_names(crd: dict[str, Any]) -> None:
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
 
 
-def test_package_copy_is_byte_identical_and_loaded() -> None:
-    assert PACKAGED.read_bytes() == CRD_PATH.read_bytes(), (
-        "operator/modelship_operator/crd/ must be a byte-identical copy of crds/: "
-        "cp crds/modeldeployments.modelship.dev.yaml operator/modelship_operator/crd/")
+def test_checked_in_crd_is_generated_from_the_models() -> None:
+    assert CRD_PATH.read_text() == crdgen.crd_yaml(), (
+        "crds/modeldeployments.modelship.dev.yaml is stale: run `make crd` "
+        "(python -m modelship_operator.api.crdgen > crds/modeldeployments.modelship.dev.yaml) and commit it")
     assert schema.crd_text() == CRD_PATH.read_text()
     loaded = schema.load_crd()
     loaded["spec"]["group"] = "mutated"  # load_crd hands out copies
     assert schema.load_crd()["spec"]["group"] == "modelship.dev"
+
+
+def test_one_crd_file_in_the_repository() -> None:
+    """The chart gets the CRD through a symlink and the package generates it: no copies."""
+    assert (ROOT / "charts" / "modelship" / "crds").is_symlink()
+    assert (ROOT / "charts" / "modelship" / "crds").resolve() == CRD_PATH.parent.resolve()
+    copies = [p for p in ROOT.rglob("modeldeployments.modelship.dev.yaml")
+              if p.resolve() != CRD_PATH.resolve() and ".venv" not in p.parts and "build" not in p.parts]
+    assert copies == []
 
 
 def test_every_field_has_a_description(root: dict[str, Any]) -> None:
@@ -137,15 +146,57 @@ def test_printer_columns_point_to_existing_fields(crd: dict[str, Any], root: dic
         assert node["type"] == column["type"], column
 
 
-def test_defaults_validate_against_their_own_schema(root: dict[str, Any]) -> None:
-    with_defaults = [(p, n) for p, n in walk(root) if "default" in n]
-    assert len(with_defaults) >= 15
-    for path, node in with_defaults:
-        value = schema.apply_defaults(node["default"], node)
-        jsonschema.Draft4Validator(schema.to_json_schema(node)).validate(value)
-        # The API server also runs the CEL rules over defaults when the CRD is created.
-        for rule_path, sub_value, rule in schema.iter_rules(node, value):
-            assert schema.eval_rule(rule["rule"], sub_value) is True, (path, rule_path, rule["message"])
+def test_defaults_validate_as_written_like_the_api_server(crd: dict[str, Any], root: dict[str, Any]) -> None:
+    """At CRD creation the API server validates every `default` against its node's schema and
+    CEL rules exactly as written, without filling in nested defaults first."""
+    assert len([p for p, n in walk(root) if "default" in n]) >= 15
+    assert schema.default_errors(root) == []
+    assert schema.crd_errors(crd) == []
+
+
+# The CRD as it was before the models were the source: a real kube-apiserver v1.36 rejected it.
+OLD_SERVER_DEFAULTS = {"type": "object", "default": {}, "properties": {
+    "maxQueue": {"type": "integer", "default": 2048}, "maxBatchSize": {"type": "integer", "default": 32}},
+    "x-kubernetes-validations": [{"rule": "self.maxQueue >= self.maxBatchSize", "message": "queue below batch"}]}
+
+
+def test_an_empty_object_default_that_a_rule_reads_is_rejected() -> None:
+    """`default: {}` is not filled in before the rules run, so `self.maxQueue` has no such key:
+    the check the API server makes, and the one the old CRD failed."""
+    root = {"type": "object", "properties": {"spec": {"type": "object", "properties": {
+        "batching": OLD_SERVER_DEFAULTS}}}}
+    errors = schema.default_errors(root)
+    assert len(errors) == 1 and errors[0].startswith("spec.batching.default: queue below batch"), errors
+    assert "no such member" in errors[0]
+    fixed = copy.deepcopy(root)
+    fixed["properties"]["spec"]["properties"]["batching"]["default"] = {"maxQueue": 2048, "maxBatchSize": 32}
+    assert schema.default_errors(fixed) == []
+
+
+def test_the_pre_generator_crd_fails_the_default_check() -> None:
+    """The hand-written CRD of before (git history) fails exactly where the API server said."""
+    import subprocess
+
+    old = subprocess.run(["git", "show", "496c2e9:crds/modeldeployments.modelship.dev.yaml"], cwd=ROOT,
+                         capture_output=True, text=True)
+    if old.returncode != 0:
+        pytest.skip("no git history here")
+    errors = schema.crd_errors(yaml.safe_load(old.stdout))
+    where = sorted({e.split(":", 1)[0] for e in errors})
+    assert where == ["spec.gpu.default", "spec.rollout.default", "spec.server.batching.default"], errors
+
+
+def test_defaulting_applies_nested_defaults_of_an_inserted_default() -> None:
+    """apiextensions-apiserver's Default(): a missing field gets its default, then every field
+    present, the inserted one included, is defaulted in turn; a present parent object is
+    completed field by field; an absent optional object without a default stays absent."""
+    root = schema.openapi_schema()
+    spec = schema.apply_defaults({"server": {"batching": {"maxBatchSize": 64}}}, root["properties"]["spec"])
+    assert spec["server"]["batching"] == {"maxBatchSize": 64, "maxDelayMs": 5, "maxQueue": 2048, "timeoutMs": 30000}
+    assert spec["rollout"]["analysis"]["interval"] == "30s" and spec["gpu"]["resourceName"] == "nvidia.com/gpu"
+    assert "autoscaling" not in spec and "monitoring" not in spec
+    with_monitoring = schema.apply_defaults({"monitoring": {}}, root["properties"]["spec"])
+    assert with_monitoring["monitoring"]["feedback"]["ttl"] == "1h"
 
 
 def test_enums_cover_the_design(root: dict[str, Any]) -> None:

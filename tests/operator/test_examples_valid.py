@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modelship_operator import schema
+from modelship_operator.api import validate as schema
 from modelship_operator.spec import ModelDeployment
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -22,13 +22,17 @@ K8S_VERSION = "1.34"
 CRD_TYPED = {("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 
-def test_chart_crd_is_byte_identical_to_the_canonical_crd() -> None:
-    canonical = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
-    shipped = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
-    assert shipped == canonical, "run: cp crds/*.yaml charts/modelship/crds/"
-    for name in canonical:
-        assert (CHART / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), (
-            f"charts/modelship/crds/{name} is stale: cp crds/*.yaml charts/modelship/crds/")
+def test_chart_ships_the_canonical_crd(tmp_path: Any) -> None:
+    """charts/modelship/crds is a symlink to crds/ (no copy); Helm packages and shows its file."""
+    import tarfile
+
+    assert (CHART / "crds").is_symlink() and (CHART / "crds").resolve() == (ROOT / "crds").resolve()
+    canonical = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
+    assert helm.show(str(CHART), output_format="crds").strip() == "---\n" + b"".join(canonical.values()).decode().strip()
+    with tarfile.open(helm.package(CHART, destination=tmp_path)) as tgz:
+        shipped = {m.name.rsplit("/", 1)[1]: tgz.extractfile(m).read()  # type: ignore[union-attr]
+                   for m in tgz.getmembers() if m.name.startswith("modelship/crds/")}
+    assert shipped == canonical
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
