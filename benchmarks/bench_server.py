@@ -13,11 +13,14 @@ with rows/s, p50 / p99 latency, modelship's mean batch size (from /metrics delta
 batch-size histogram) and every rows/s as a ratio to the bare model at batch 32; then the
 targets as PASS / FAIL. Also how busy the machine was with other work while it measured.
 
---monitoring (default both): modelship with its monitoring on (drift scored every second,
-feedback store, an audit line per request to a file: the issue 6 features, busier than the
-defaults) and/or off (no drift, no feedback, no audit); `both` runs the two side by side,
-alternating their measured runs ("ms-nomon" and "modelship" rows), and prints the on/off
-ratio of every load.
+--monitoring (default both): modelship with its monitoring at its defaults ("on": drift
+against the profile next to the model scored every 30 s, the feedback store; no audit) and/or
+off (no drift, no feedback, no audit); `both` runs the two side by side, alternating their
+measured runs ("ms-nomon" and "modelship" rows), and prints the on/off ratio of rows/s and
+RSS of every load, with the targets on >= 0.95x off (rows/s) and RSS <= 1.2x off. `full` is
+busier than the defaults: drift scored every second and an audit line per request to a file.
+Every server's resident memory (RSS, and its peak) is printed when it is ready and after
+each load.
 
 Needs `wrk` (Debian/Ubuntu: `sudo apt-get install -y wrk`; macOS: `brew install wrk`).
 Servers run as subprocesses on 127.0.0.1 on free ports and are always stopped.
@@ -72,6 +75,8 @@ class Row:
     wrk_cpu_cores: float | None = None  # the load generator's own CPU use
     other_cpu_cores: float | None = None  # everything else on the machine: the noise
     vs_bare32: float | None = None
+    rss_mb: float | None = None  # the server's resident memory after the run (largest over repeats)
+    peak_rss_mb: float | None = None  # its high-water mark since start (VmHWM)
     runs: list = field(default_factory=list)  # every repeat, when --repeat > 1
 
 
@@ -214,6 +219,16 @@ def wait_idle(pid: int, timeout: float = 15.0, window: float = 0.2, busy_below: 
         if (tree_cpu_seconds(pid) - c0) / (time.monotonic() - t0) < busy_below:
             return True
     return False
+
+
+def rss_mb(pid: int) -> tuple[float | None, float | None]:
+    """(VmRSS, VmHWM) of a process in MB (10^6 bytes), from /proc; None when unreadable."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None, None
+    kb = {line.split(":")[0]: int(line.split()[1]) for line in text.splitlines() if line.startswith(("VmRSS", "VmHWM"))}
+    return (kb["VmRSS"] * 1024 / 1e6 if "VmRSS" in kb else None, kb["VmHWM"] * 1024 / 1e6 if "VmHWM" in kb else None)
 
 
 def machine_busy_seconds() -> float:
@@ -389,7 +404,10 @@ def measure_once(
         codes = {k: int(v - c0.get(k, 0)) for k, v in c1.items() if v - c0.get(k, 0)}
     failed = res["status"] + res["connect"] + res["read"] + res["write"] + res["timeout"]
     ok = res["requests"] - res["status"]
+    rss, peak = rss_mb(pid)
     return Row(
+        rss_mb=rss,
+        peak_rss_mb=peak,
         system=system,
         load=load.name,
         rows_per_s=ok * load.rows / (res["duration_us"] / 1e6),
@@ -447,20 +465,30 @@ def measure_servers(targets: list[Target], loads: list[Load], args: argparse.Nam
         for t in targets:
             done = sorted(runs[t.system], key=lambda r: r.rows_per_s)
             row = done[len(done) // 2]
-            row.runs = [{"rows_per_s": r.rows_per_s, "p99_ms": r.p99_ms, "other_cpu_cores": r.other_cpu_cores} for r in done]
+            row.runs = [{"rows_per_s": r.rows_per_s, "p99_ms": r.p99_ms, "other_cpu_cores": r.other_cpu_cores,
+                         "rss_mb": r.rss_mb} for r in done]  # fmt: skip
+            rss = [r.rss_mb for r in done if r.rss_mb is not None]
+            row.rss_mb = max(rss) if rss else None
+            row.peak_rss_mb = max((r.peak_rss_mb or 0.0) for r in done) or None
             rows.append(row)
             print(f"  {t.system:<10} {load.name:<16} {row.rows_per_s:>12,.0f} rows/s  "
-                  f"p99 {row.p99_ms:.1f} ms  failed {row.failed}", flush=True)  # fmt: skip
+                  f"p99 {row.p99_ms:.1f} ms  failed {row.failed}  RSS {fmt(row.rss_mb, '.0f')} MB", flush=True)  # fmt: skip
     return rows
 
 
-# Monitoring on: every feature of issue 6 working during the measured runs (drift is scored
-# every second rather than every 30 s, every request is audited). Off: none of them.
+# Monitoring on: the server's defaults (drift scored every 30 s against the profile next to
+# the model, the feedback store with its byte budget, no audit). Full: every feature of
+# issue 6 busier than the defaults (drift scored every second, an audit line per request to
+# a file). Off: none of them.
 MONITORING_ENV = {
-    "on": {"MODELSHIP_DRIFT_INTERVAL_S": "1", "MODELSHIP_AUDIT_SAMPLE_RATE": "1"},
+    "on": {},
+    "full": {"MODELSHIP_DRIFT_INTERVAL_S": "1", "MODELSHIP_AUDIT_SAMPLE_RATE": "1"},
     "off": {"MODELSHIP_DRIFT_REFERENCE": "off", "MODELSHIP_FEEDBACK_MAX_ENTRIES": "0", "MODELSHIP_AUDIT_LOG": "off"},
 }
-MONITORING_SYSTEMS = {"on": "modelship", "off": "ms-nomon"}
+MONITORING_SYSTEMS = {"on": "modelship", "full": "modelship", "off": "ms-nomon"}
+# Monitoring at its defaults against off (issue 11): rows/s at least this share, RSS at most this multiple.
+TARGET_MONITORING_SPEED = 0.95
+TARGET_MONITORING_RSS = 1.2
 
 
 def modelship_cmd(args: argparse.Namespace, model_file: Path, port: int, monitoring: str = "on",
@@ -480,7 +508,7 @@ def modelship_cmd(args: argparse.Namespace, model_file: Path, port: int, monitor
         "MODELSHIP_LOG_LEVEL": "warning",
         **MONITORING_ENV[monitoring],
     }
-    if monitoring == "on" and workdir is not None:
+    if monitoring == "full" and workdir is not None:
         env["MODELSHIP_AUDIT_FILE"] = str(workdir / "audit.jsonl")
     return cmd + list(args.modelship_arg), env
 
@@ -518,7 +546,23 @@ def add_ratios_and_checks(res: Results) -> None:
             res.monitoring.append({
                 "load": r.load, "on_rows_per_s": r.rows_per_s, "off_rows_per_s": off.rows_per_s,
                 "ratio": r.rows_per_s / off.rows_per_s, "on_p99_ms": r.p99_ms, "off_p99_ms": off.p99_ms,
+                "on_rss_mb": r.rss_mb, "off_rss_mb": off.rss_mb,
             })  # fmt: skip
+    on_off = {m["load"]: m for m in res.monitoring}
+    for load in ("1-row", f"{BATCH_ROWS}-row"):
+        m = on_off.get(load)
+        if m is not None:
+            res.checks.append({
+                "target": f"modelship {load} with monitoring on >= {TARGET_MONITORING_SPEED:g}x off (rows/s)",
+                "measured": f"{m['ratio']:.3f}x", "pass": m["ratio"] >= TARGET_MONITORING_SPEED,
+            })  # fmt: skip
+    m = on_off.get(f"{BATCH_ROWS}-row")
+    if m is not None and m.get("on_rss_mb") and m.get("off_rss_mb"):
+        ratio = m["on_rss_mb"] / m["off_rss_mb"]
+        res.checks.append({
+            "target": f"modelship RSS after the {BATCH_ROWS}-row run with monitoring on <= {TARGET_MONITORING_RSS:g}x off",
+            "measured": f"{m['on_rss_mb']:.0f} vs {m['off_rss_mb']:.0f} MB = {ratio:.3f}x", "pass": ratio <= TARGET_MONITORING_RSS,
+        })  # fmt: skip
     for r in res.rows:
         if r.failed:
             res.checks.append({
@@ -538,19 +582,20 @@ def print_table(res: Results) -> None:
           f"{s['connections']} connections  {s['duration']}s per run  "
           f"{res.host['cpus']} CPUs  torch {res.host['torch']}")  # fmt: skip
     head = f"{'system':<10} {'load':<16} {'rows/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>10} " \
-           f"{'x bare32':>9} {'srv cores':>9} {'wrk cores':>9} {'other cores':>11} {'failed':>7}"  # fmt: skip
+           f"{'x bare32':>9} {'srv cores':>9} {'wrk cores':>9} {'other cores':>11} {'RSS MB':>7} {'peak MB':>7} {'failed':>7}"  # fmt: skip
     print(head)
     print("-" * len(head))
     for r in res.rows:
         print(f"{r.system:<10} {r.load:<16} {r.rows_per_s:>12,.0f} {fmt(r.p50_ms, '.2f'):>8} "
               f"{fmt(r.p99_ms, '.2f'):>8} {fmt(r.mean_batch, '.1f'):>10} {fmt(r.vs_bare32, '.3f'):>9} "
               f"{fmt(r.server_cpu_cores, '.2f'):>9} {fmt(r.wrk_cpu_cores, '.2f'):>9} "
-              f"{fmt(r.other_cpu_cores, '.2f'):>11} {r.failed:>7}")  # fmt: skip
+              f"{fmt(r.other_cpu_cores, '.2f'):>11} {fmt(r.rss_mb, '.0f'):>7} {fmt(r.peak_rss_mb, '.0f'):>7} {r.failed:>7}")  # fmt: skip
     if res.monitoring:
         print("\nmonitoring on (modelship) vs off (ms-nomon):")
         for m in res.monitoring:
             print(f"  {m['load']:<16} {m['on_rows_per_s']:>10,.0f} vs {m['off_rows_per_s']:>10,.0f} rows/s "
-                  f"= {m['ratio']:.3f}x   p99 {fmt(m['on_p99_ms'], '.1f')} vs {fmt(m['off_p99_ms'], '.1f')} ms")  # fmt: skip
+                  f"= {m['ratio']:.3f}x   p99 {fmt(m['on_p99_ms'], '.1f')} vs {fmt(m['off_p99_ms'], '.1f')} ms   "
+                  f"RSS {fmt(m['on_rss_mb'], '.0f')} vs {fmt(m['off_rss_mb'], '.0f')} MB")  # fmt: skip
     print()
     for c in res.checks:
         print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {c['measured']}")
@@ -581,8 +626,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="leave a system out (repeatable)")  # fmt: skip
     p.add_argument("--modelship-arg", action="append", default=[],
                    help="extra argument for the modelship server (repeatable), e.g. --modelship-arg=--max-batch-size=64")  # fmt: skip
-    p.add_argument("--monitoring", default="both", choices=["on", "off", "both"],
-                   help="modelship with its monitoring (drift, feedback, audit) on, off, or both in turn")  # fmt: skip
+    p.add_argument("--monitoring", default="both", choices=["on", "off", "both", "full"],
+                   help="modelship with its monitoring (drift, feedback, audit) at its defaults (on), off, both in "
+                        "turn, or full (drift every second, every request audited to a file)")  # fmt: skip
     p.add_argument("--no-binary", action="store_true",
                    help="leave out modelship's 32-row V2 binary-tensor load")  # fmt: skip
     p.add_argument("--batch-metric", default=BATCH_METRIC, help="modelship's batch-size histogram")
@@ -633,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = [sys.executable, str(NAIVE_SERVER), "--model", str(model_file),
                        "--port", str(port), "--device", args.device]  # fmt: skip
                 with server(cmd, f"http://127.0.0.1:{port}/health", work / "naive.log") as pid:
+                    print(f"  naive      ready: RSS {fmt(rss_mb(pid)[0], '.0f')} MB", flush=True)
                     res.rows += measure_server("naive", f"http://127.0.0.1:{port}", pid, plain, args, work, None)
             if "modelship" not in args.skip:
                 # both: the two servers run side by side (one idle while the other is measured)
@@ -645,6 +692,7 @@ def main(argv: list[str] | None = None) -> int:
                         cmd, env = modelship_cmd(args, model_file, port, mode, work)
                         res.settings[f"{system}_env"] = env
                         pid = stack.enter_context(server(cmd, base + "/v2/health/ready", work / f"{system}.log", env))
+                        print(f"  {system:<10} ready: RSS {fmt(rss_mb(pid)[0], '.0f')} MB", flush=True)
                         targets.append(Target(system, base, pid, base + "/metrics"))
                     res.rows += measure_servers(targets, plain + binary, args, work)
         finally:

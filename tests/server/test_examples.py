@@ -187,6 +187,12 @@ def test_benchmark_script_measures_both_servers(example_model_dir: Path, tmp_pat
     assert rows[("modelship", "1-row")]["mean_batch"] > 1.5
     assert rows[("modelship", "32-row")]["mean_batch"] >= 32
     assert rows[("modelship", "32-row v2 binary")]["mean_batch"] >= 32
-    # the four target checks are printed, each with its verdict
+    # the seven target checks are printed, each with its verdict: four on speed, then monitoring
+    # on vs off (one-row and 32-row rows/s, RSS after the 32-row run)
     checks = [line for line in proc.stdout.splitlines() if line.startswith(("PASS ", "FAIL "))]
-    assert len(checks) == 4, proc.stdout
+    assert len(checks) == 7, proc.stdout
+    assert "with monitoring on <= 1.2x off" in checks[-1]
+    # every server's memory is measured and printed
+    for r in rows.values():
+        assert r["system"] == "bare" or 50 < r["rss_mb"] <= r["peak_rss_mb"] < 4000, r
+    assert proc.stdout.count("ready: RSS") == 3
