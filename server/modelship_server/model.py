@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .fetch import SIGNATURE_FILE, ModelLoadError, fetch
+from .fetch import SIGNATURE_FILE, FetchOptions, ModelLoadError, fetch
 from .settings import Settings
 from .signature import NUMPY_TO_V2, Signature, SignatureError, TensorSpec
 
@@ -204,7 +204,8 @@ def load_model(settings: Settings) -> LoadedModel:
     if not settings.model_uri:
         raise ModelLoadError("no model: set MODELSHIP_MODEL_URI (or --model-uri)")
     configure_threads(settings.threads)
-    path = resolve_file(fetch(settings.model_uri, Path(settings.model_dir)), settings.model_format)
+    fetched = fetch(settings.model_uri, Path(settings.model_dir), FetchOptions.from_settings(settings))
+    path = resolve_file(fetched, settings.model_format)
     fmt = settings.model_format if settings.model_format != "auto" else detect_format(path)
     device = pick_device(settings.device)
     precision = settings.precision

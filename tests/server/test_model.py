@@ -73,13 +73,15 @@ def test_http_uri_downloads_model_and_signature(model_dir, heldout, reference, t
     thread.start()
     try:
         base = f"http://127.0.0.1:{httpd.server_address[1]}"
-        model = load_model(settings(base + "/model.pt", tmp_path))
+        with pytest.raises(ModelLoadError, match="refusing plain http://"):
+            load_model(settings(base + "/model.pt", tmp_path))
+        model = load_model(settings(base + "/model.pt", tmp_path, allow_insecure_http=True))
         assert (tmp_path / "downloads" / "model.pt").is_file()
         assert (tmp_path / "downloads" / "signature.json").is_file()
         assert model.signature.name == "digits"
         np.testing.assert_allclose(model.predict({"input": X[:4]})["logits"], reference(X[:4]), rtol=1e-5, atol=1e-5)
         with pytest.raises(ModelLoadError, match="HTTP 404"):
-            load_model(settings(base + "/nothing.pt", tmp_path))
+            load_model(settings(base + "/nothing.pt", tmp_path, allow_insecure_http=True))
     finally:
         httpd.shutdown()
         httpd.server_close()
