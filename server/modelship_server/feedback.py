@@ -98,8 +98,7 @@ def _rows(p: Any) -> int:
 
 
 def compact_predictions(predictions: Any, classification: bool) -> tuple[Any, int]:
-    """(compact copy, its estimated bytes): an int for one integer class, else an owned array
-    (classes as int32 when they fit)."""
+    """(compact copy, its estimated bytes): an int for one integer class, else an owned array."""
     if type(predictions) is int:
         return predictions, 0
     preds = np.asarray(predictions)
@@ -108,17 +107,9 @@ def compact_predictions(predictions: Any, classification: bool) -> tuple[Any, in
     if classification:
         if preds.ndim != 1:
             raise ValueError("classification predictions must be one label per row")
-        if preds.dtype.kind in "iub":
-            if len(preds) == 1:
-                return int(preds[0]), 0
-            if preds.dtype.itemsize > 4 and len(preds) and (preds.min() < -(2**31) or preds.max() >= 2**31):
-                preds = preds.copy()
-            else:
-                preds = preds.astype(np.int32)  # always a copy
-        else:
-            preds = preds.copy()
-    else:
-        preds = preds.copy()
+        if len(preds) == 1 and preds.dtype.kind in "iu":
+            return int(preds[0]), 0
+    preds = preds.copy()  # owns its data: never pins the array it came from
     return preds, ARRAY_OVERHEAD + preds.nbytes
 
 
@@ -271,17 +262,19 @@ class FeedbackStore:
         """Move the recorded predictions into the map, oldest first; the first prediction
         under an id wins."""
         intake, entries, gone = self._intake, self._entries, self._gone
-        filed = False
+        rows = size_sum = duplicates = 0
         while intake:
             rid, at, payload, size = intake.popleft()
             if rid in entries or rid in gone:
-                self._duplicates += 1
+                duplicates += 1
                 continue
             entries[rid] = (at, payload, size)
-            self._rows += _rows(payload)
-            self._bytes += size
-            filed = True
-        if filed:
+            rows += 1 if type(payload) is int else len(payload)
+            size_sum += size
+        self._duplicates += duplicates
+        if size_sum:
+            self._rows += rows
+            self._bytes += size_sum
             self._evict(self._clock())
 
     def _over_budget(self) -> bool:

@@ -7,36 +7,34 @@ from the ids a client has seen (a counter was: an attacker could answer for its 
 from __future__ import annotations
 
 import os
-import threading
 
 ID_BYTES = 16  # 128 bits
 
 
 class RandomIds:
-    """Callable: a new id (ASCII bytes) per call. Thread-safe; a forked child refills its pool,
-    so parent and child never hand out the same ids."""
+    """Callable: a new id (ASCII bytes) per call. Thread-safe without a lock (list.pop is
+    atomic; a refill race only draws more random bytes); a forked child drops the ids its
+    parent drew, so the two never hand out the same ones."""
 
     def __init__(self, pool_bytes: int = 4096) -> None:
-        self._pool_bytes = pool_bytes - pool_bytes % ID_BYTES or ID_BYTES
-        self._pool = b""
-        self._pos = 0
-        self._lock = threading.Lock()
+        self._count = max(1, pool_bytes // ID_BYTES)
+        self._ids: list[bytes] = []
         self._fork_hook = False
 
     def __call__(self) -> bytes:
-        with self._lock:
-            pos = self._pos
-            if pos >= len(self._pool):
-                if not self._fork_hook:  # registered on first use, not at import
-                    os.register_at_fork(after_in_child=self._reset)
-                    self._fork_hook = True
-                self._pool, pos = os.urandom(self._pool_bytes), 0
-            self._pos = pos + ID_BYTES
-            return self._pool[pos : pos + ID_BYTES].hex().encode()
+        while True:
+            try:
+                return self._ids.pop()
+            except IndexError:
+                self._refill()
 
-    def _reset(self) -> None:
-        self._lock = threading.Lock()  # a lock held by another thread at fork stays held in the child
-        self._pool, self._pos = b"", 0
+    def _refill(self) -> None:
+        if not self._fork_hook:  # registered on first use, not at import
+            os.register_at_fork(after_in_child=self._ids.clear)
+            self._fork_hook = True
+        text = os.urandom(self._count * ID_BYTES).hex().encode()
+        step = 2 * ID_BYTES
+        self._ids.extend(text[i : i + step] for i in range(0, len(text), step))
 
 
 new_request_id = RandomIds()
