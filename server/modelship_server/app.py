@@ -13,6 +13,7 @@ from . import __version__
 from .asgi import ModelshipASGI
 from .routes import add_routes
 from .monitoring import build_monitoring
+from .openapi import complete as complete_openapi
 from .service import Model, Service, model_path
 from .settings import Settings
 
@@ -69,6 +70,9 @@ def create_app(
     )
     app.state.service = service
     add_routes(app, service)
+    framework_openapi = app.openapi
+    app.openapi = lambda: complete_openapi(  # type: ignore[method-assign]
+        framework_openapi(), service.signature, settings.max_batch_rows)
     app.modelship = ModelshipASGI(partial(FastAPI.__call__, app), service)
     return app
 
