@@ -30,10 +30,26 @@ def test_settings_from_env_and_flags_override_env() -> None:
 @pytest.mark.parametrize("env", [
     {"MODELSHIP_PRECISION": "fp8"}, {"MODELSHIP_DEVICE": "tpu"}, {"MODELSHIP_MAX_BATCH_SIZE": "0"},
     {"MODELSHIP_MAX_QUEUE": "many"}, {"MODELSHIP_MODEL_FORMAT": "onnx"}, {"MODELSHIP_TIMEOUT_MS": "0"},
+    {"MODELSHIP_ADMIN_PORT": "8080"}, {"MODELSHIP_ADMIN_PORT": "70000"}, {"MODELSHIP_MAX_BODY_BYTES": "-1"},
+    {"MODELSHIP_MODEL_SHA256": "abc"}, {"MODELSHIP_MODEL_SHA256": "g" * 64}, {"MODELSHIP_ALLOW_INSECURE_HTTP": "maybe"},
+    {"MODELSHIP_MODEL_MAX_BYTES": "-5"}, {"MODELSHIP_FETCH_DEADLINE_S": "-1"},
 ])  # fmt: skip
 def test_invalid_settings_are_rejected(env) -> None:
     with pytest.raises(SettingsError):
         Settings.from_env(env)
+
+
+def test_admin_port_body_limit_and_download_settings() -> None:
+    s = Settings()
+    assert (s.admin_port, s.max_body_bytes, s.model_sha256, s.model_max_bytes, s.fetch_deadline_s, s.allow_insecure_http) == (
+        0, 0, "", 0, 3600.0, False)  # fmt: skip
+    env = {"MODELSHIP_ADMIN_PORT": "9090", "MODELSHIP_MAX_BODY_BYTES": "1048576", "MODELSHIP_MODEL_SHA256": "A" * 64,
+           "MODELSHIP_MODEL_MAX_BYTES": "1000", "MODELSHIP_FETCH_DEADLINE_S": "60"}  # fmt: skip
+    s = Settings.from_env(env)
+    assert (s.admin_port, s.max_body_bytes, s.model_max_bytes, s.fetch_deadline_s) == (9090, 1 << 20, 1000, 60.0)
+    for text, value in (("true", True), ("1", True), ("YES", True), ("false", False), ("0", False), ("off", False)):
+        assert Settings.from_env({"MODELSHIP_ALLOW_INSECURE_HTTP": text}).allow_insecure_http is value
+    assert parse_args(["--allow-insecure-http", "true", "--admin-port", "9091"], {}).admin_port == 9091
 
 
 def test_invalid_flag_exits_with_usage_error(capsys) -> None:
