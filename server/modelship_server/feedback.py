@@ -4,8 +4,8 @@ No torch, no FastAPI. The server records each answered request's predictions (on
 value per row) under its `x-request-id`; clients later POST the truth for that id. The store
 is bounded by entry count, by total stored rows and by age, with O(1) amortised eviction: an
 OrderedDict in insertion order is also age order (monotonic clock), so eviction pops from
-the front. Ids that left the store are remembered (without their predictions, equally
-bounded) for one more TTL, so a late answer says "expired" or "already received" instead
+the front. Ids that left the store are remembered (without their predictions, a quarter as
+many) for one more TTL, so a late answer says "expired" or "already received" instead
 of "unknown".
 
 Metrics over a window of the last `window` matched rows: accuracy (classification: the
@@ -145,6 +145,9 @@ class FeedbackStore:
             raise ValueError("max_bytes must be positive")
         self.ttl, self.max_entries, self.task, self.window = ttl_seconds, max_entries, task, window
         self.max_rows, self.max_bytes = max_rows, max_bytes
+        # ids remembered after they left (for "expired"/"duplicate" answers): a quarter of the
+        # entries (at least 1000), since they only improve the answer to late feedback
+        self.max_remembered = min(max_entries, max(1000, max_entries // 4))
         self._classification = task == "classification"
         self._too_old = f"older than {ttl_seconds:g}s"  # one shared string for every remembered id
         # class names (the signature's labels): truth may name a class or give its index
@@ -287,7 +290,7 @@ class FeedbackStore:
         # remembered ids go first: they only improve the answer to a late feedback
         while gone:
             at = next(iter(gone.values()))[0]
-            if now - at > self.ttl or len(gone) > self.max_entries or (
+            if now - at > self.ttl or len(gone) > self.max_remembered or (
                 self.max_bytes is not None and self._bytes > self.max_bytes
             ):
                 rid, _ = gone.popitem(last=False)
@@ -320,7 +323,7 @@ class FeedbackStore:
             self._bytes -= size
         gone[request_id] = (now, why)
         self._bytes += size
-        if len(gone) > self.max_entries:
+        if len(gone) > self.max_remembered:
             rid, _ = gone.popitem(last=False)
             self._bytes -= ENTRY_OVERHEAD + len(rid)
 

@@ -69,7 +69,7 @@ class Settings:
     feedback_max_entries: int = 100000  # pending predictions kept; 0 = feedback off
     feedback_max_rows: int = 1000000  # pending prediction rows kept
     feedback_window: int = 1000  # matched rows behind the rolling accuracy / MAE
-    feedback_max_bytes: int = 64 << 20  # memory budget of pending predictions + remembered ids
+    feedback_max_bytes: int = 32 << 20  # memory budget of pending predictions + remembered ids
     # When set, POST /feedback needs "Authorization: Bearer <token>" (peers send it too).
     feedback_token: str = ""
     # Other pods to ask about an id this pod does not know: host:port list, or a DNS name
