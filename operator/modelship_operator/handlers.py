@@ -1,8 +1,9 @@
 """The kopf wiring: thin handlers around `reconcile`.
 
 - create / update / resume of a ModelDeployment → reconcile (kopf retries TemporaryError).
-- a watch on our child Deployments (by label) → reconcile the owner, so readiness reaches
-  status within moments instead of at the next resync.
+- watch caches (caches.py) serve every read; a change to any child by someone else (readiness,
+  `kubectl scale`, a patched Service) reconciles its owner within moments, so it is reported
+  or put back without waiting for the resync.
 - a periodic resync task (settings.resync_seconds) re-reconciles every ModelDeployment.
 - timed wake-ups: after each reconcile, one asyncio task per object sleeps until the plan's
   `requeue_after` (a pause ends, an analysis window closes) and reconciles it then; a newer
@@ -30,6 +31,7 @@ from typing import Any
 
 import kopf
 
+from . import caches
 from . import kube as kube_mod
 from .canary_metrics import AnalysisMemory
 from .planning import MANAGED_BY
@@ -60,6 +62,7 @@ class OperatorState:
     kube: kube_mod.Kube | None = None
     discovery: Discovery = field(default_factory=Discovery)
     resync_task: asyncio.Task | None = None
+    watches: caches.Watches | None = None  # reads from watch caches; child changes reconcile the owner
     memory: AnalysisMemory = field(default_factory=AnalysisMemory)  # canary analysis baselines
     wakeups: dict[tuple[str, str], asyncio.Task] = field(default_factory=dict)  # one per object
     _locks: weakref.WeakValueDictionary = field(default_factory=weakref.WeakValueDictionary)
@@ -166,8 +169,6 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     ks.watching.server_timeout = 300  # the API server closes watches; kopf reconnects
     ks.watching.client_timeout = 330
     ks.networking.request_timeout = 30
-    # Watch only our own Deployments, filtered server-side.
-    ks.watching.label_selectors["apps", "v1", "deployments"] = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
     return ks
 
 
@@ -186,6 +187,7 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry, id="startup")
     async def startup(logger: logging.Logger, **_: Any) -> None:
         state.kube = kube_mod.Kube(conn, field_manager=state.settings.field_manager)
+        state.watches = await caches.start(state.kube, state.settings.namespaces, state.reconcile)
         state.resync_task = asyncio.create_task(state.resync_forever(), name="modelship-resync")
         logger.info("modelship operator starting: namespaces=%s server_image=%s resync=%ss",
                     ",".join(state.settings.namespaces) or "(all)", state.settings.server_image,
@@ -197,6 +199,8 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
             state.resync_task.cancel()
             await asyncio.gather(state.resync_task, return_exceptions=True)
         await state.stop_wakeups()
+        if state.watches is not None:
+            await state.watches.stop()
         if state.kube is not None:
             await state.kube.close()
 
@@ -218,17 +222,6 @@ def build_registry(state: OperatorState) -> kopf.OperatorRegistry:
         state.cancel_wakeup(body.metadata.namespace, body.metadata.name)
         if body.metadata.uid:
             state.memory.forget(body.metadata.uid)
-
-    @kopf.on.event("apps", "v1", "deployments", registry=registry, id="child-deployment",
-                   labels={MANAGED_BY_LABEL: MANAGED_BY, INSTANCE_LABEL: kopf.PRESENT})
-    async def on_child(body: kopf.Body, type: str | None, logger: logging.Logger, **_: Any) -> None:
-        if type is None:  # the initial listing: resume handlers cover it
-            return
-        try:
-            await state.reconcile(body.metadata.namespace, body.metadata.labels[INSTANCE_LABEL],
-                                  f"deployment {body.metadata.name} {type.lower()}")
-        except kube_mod.KubeError as exc:  # the resync or the next event will catch up
-            logger.warning("reconcile after a change of deployment %s failed: %s", body.metadata.name, exc)
 
     return registry
 

@@ -12,7 +12,8 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,14 @@ def format_selector(selector: Mapping[str, str] | str | None) -> str | None:
     return ",".join(f"{k}={v}" for k, v in sorted(selector.items())) or None
 
 
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    """The uid of the object's controller (the ownerReference with controller: true), if any."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or ():
+        if ref.get("controller"):
+            return ref.get("uid")
+    return None
+
+
 def error_from_response(status: int, body: bytes, what: str) -> KubeError:
     """Map an API status to the retry decision, keeping the API server's own message."""
     reason, message = "", ""
@@ -194,6 +203,10 @@ class Kube:
     _client: httpx.AsyncClient | None = field(default=None, repr=False)
     _discovered: dict[tuple[str, str], ResourceInfo] = field(default_factory=dict, repr=False)
     _token: tuple[float, str | None] = field(default=(0.0, None), repr=False)
+    # Reads are served from here for the kinds it holds (see watchcache.py); None: always ask.
+    cache: Any = field(default=None, repr=False)
+    # Requests sent, by verb (GET, LIST, WATCH, PATCH, ...): what the benchmark reports.
+    requests: Counter = field(default_factory=Counter, repr=False)
 
     # ---- plumbing
 
@@ -232,6 +245,7 @@ class Kube:
         missing_ok: bool = False,
     ) -> dict[str, Any] | None:
         headers = {"Accept": "application/json", "User-Agent": self.field_manager, **self._auth_headers()}
+        self.requests["LIST" if method == "GET" and what.startswith("list ") else method] += 1
         content = None
         if body is not None:
             headers["Content-Type"] = content_type
@@ -290,6 +304,27 @@ class Kube:
             parts.append(subresource)
         return "/".join(parts)
 
+    async def _write(
+        self, ident: tuple[str, str, str | None, str | None], method: str, path: str,
+        *, deleting: bool = False, **kwargs: Any,
+    ) -> dict[str, Any] | None:
+        """A write request. The watch cache holds its answer at once (read-your-writes), and its
+        watch event, which may come first, is not taken for someone else's change."""
+        api_version, kind, namespace, name = ident
+        cache = self.cache if name else None
+        if cache is not None:
+            cache.writing(api_version, kind, namespace, name)
+        result = None
+        try:
+            result = await self._request(method, path, **kwargs)
+        finally:
+            if cache is not None:
+                if deleting:
+                    cache.forget(api_version, kind, namespace, name)
+                cache.written(api_version, kind, namespace, name, None if deleting else result,
+                              ours=deleting and result is not None)
+        return result
+
     @staticmethod
     def _ident(obj: Mapping[str, Any]) -> tuple[str, str, str | None, str]:
         meta = obj.get("metadata") or {}
@@ -300,7 +335,12 @@ class Kube:
     async def get(
         self, api_version: str, kind: str, namespace: str | None, name: str
     ) -> dict[str, Any] | None:
-        """The live object, or None when it does not exist."""
+        """The live object, or None when it does not exist (from the watch cache when it holds
+        the kind)."""
+        if self.cache is not None:
+            cached = await self.cache.get(api_version, kind, namespace, name)
+            if cached is not False:
+                return cached
         path = await self.path(api_version, kind, namespace, name)
         return await self._request("GET", path, what=f"get {kind} {namespace}/{name}", missing_ok=True)
 
@@ -311,6 +351,10 @@ class Kube:
         namespace: str | None = None,
         label_selector: Mapping[str, str] | str | None = None,
     ) -> list[dict[str, Any]]:
+        if self.cache is not None:
+            cached = await self.cache.list(api_version, kind, namespace, label_selector)
+            if cached is not None:
+                return cached
         path = await self.path(api_version, kind, namespace)
         params = {}
         if (selector := format_selector(label_selector)) is not None:
@@ -321,6 +365,79 @@ class Kube:
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
         return items
+
+    async def owned(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        owner_uid: str,
+        label_selector: Mapping[str, str] | str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The objects whose controller ownerReference is `owner_uid` (a label alone proves
+        nothing: a user's copy keeps the labels). `label_selector` narrows the LIST."""
+        if self.cache is not None:
+            cached = await self.cache.owned(api_version, kind, namespace, owner_uid, label_selector)
+            if cached is not None:
+                return cached
+        items = await self.list(api_version, kind, namespace, label_selector)
+        return [item for item in items if controller_uid(item) == owner_uid]
+
+    async def list_all(
+        self, api_version: str, kind: str, namespace: str | None,
+        label_selector: Mapping[str, str] | str | None = None, page_size: int = 500,
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Every object (paged LIST, never from the cache) and the list's resourceVersion,
+        from which a watch continues."""
+        path = await self.path(api_version, kind, namespace)
+        params: dict[str, str] = {"limit": str(page_size)}
+        if (selector := format_selector(label_selector)) is not None:
+            params["labelSelector"] = selector
+        items: list[dict[str, Any]] = []
+        while True:
+            data = await self._request("GET", path, params=params, what=f"list {kind} in {namespace}") or {}
+            for item in data.get("items", []):
+                item.setdefault("apiVersion", api_version)
+                item.setdefault("kind", kind)
+                items.append(item)
+            meta = data.get("metadata") or {}
+            if not meta.get("continue"):
+                return items, str(meta.get("resourceVersion", ""))
+            params["continue"] = meta["continue"]
+
+    async def watch(
+        self, api_version: str, kind: str, namespace: str | None,
+        label_selector: Mapping[str, str] | str | None, resource_version: str, *, timeout_s: int = 290,
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """(type, object) events after `resource_version` until the server ends the watch.
+        An ERROR event becomes the KubeError it carries (410: start over with a LIST)."""
+        path = await self.path(api_version, kind, namespace)
+        params = {"watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_s)}
+        if resource_version:
+            params["resourceVersion"] = resource_version
+        if (selector := format_selector(label_selector)) is not None:
+            params["labelSelector"] = selector
+        headers = {"Accept": "application/json", "User-Agent": self.field_manager, **self._auth_headers()}
+        what = f"watch {kind} in {namespace}"
+        self.requests["WATCH"] += 1
+        timeout = httpx.Timeout(self.timeout, read=timeout_s + 30)
+        try:
+            async with self._http().stream("GET", path, params=params, headers=headers, timeout=timeout) as rsp:
+                if rsp.status_code >= 400:
+                    raise error_from_response(rsp.status_code, await rsp.aread(), what)
+                async for line in rsp.aiter_lines():
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        code = int(obj.get("code") or 500)
+                        raise error_from_response(code, json.dumps(obj).encode(), what)
+                    yield str(event.get("type")), obj
+        except httpx.TimeoutException as exc:
+            raise TemporaryError(f"{what}: timed out: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise TemporaryError(f"{what}: connection error: {exc!r}") from exc
 
     async def served(self, group: str, version: str, plural: str) -> bool:
         """Discovery: does the API server serve this resource (e.g. is a CRD installed)?"""
@@ -339,8 +456,8 @@ class Kube:
         params = {"fieldManager": self.field_manager}
         if force:
             params["force"] = "true"
-        result = await self._request(
-            "PATCH", path, params=params, body=manifest,
+        result = await self._write(
+            (api_version, kind, namespace, name), "PATCH", path, params=params, body=manifest,
             content_type="application/apply-patch+yaml", what=f"apply {kind} {namespace}/{name}",
         )
         return result or {}
@@ -349,9 +466,9 @@ class Kube:
         api_version, kind = manifest["apiVersion"], manifest["kind"]
         namespace = (manifest.get("metadata") or {}).get("namespace")
         path = await self.path(api_version, kind, namespace)
-        result = await self._request(
-            "POST", path, body=manifest, params={"fieldManager": self.field_manager},
-            what=f"create {kind} in {namespace}",
+        result = await self._write(
+            (api_version, kind, namespace, (manifest.get("metadata") or {}).get("name")), "POST", path,
+            body=manifest, params={"fieldManager": self.field_manager}, what=f"create {kind} in {namespace}",
         )
         return result or {}
 
@@ -362,8 +479,9 @@ class Kube:
         """Delete; returns False when it was already gone (not an error)."""
         path = await self.path(api_version, kind, namespace, name)
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
-        result = await self._request(
-            "DELETE", path, body=body, what=f"delete {kind} {namespace}/{name}", missing_ok=True
+        result = await self._write(
+            (api_version, kind, namespace, name), "DELETE", path, deleting=True, body=body,
+            what=f"delete {kind} {namespace}/{name}", missing_ok=True,
         )
         return result is not None
 
@@ -373,8 +491,8 @@ class Kube:
     ) -> dict[str, Any]:
         """JSON merge patch on the /status subresource; the API server ignores spec there."""
         path = await self.path(api_version, kind, namespace, name, "status")
-        result = await self._request(
-            "PATCH", path, body={"status": dict(status_patch)},
+        result = await self._write(
+            (api_version, kind, namespace, name), "PATCH", path, body={"status": dict(status_patch)},
             content_type="application/merge-patch+json", what=f"patch status of {kind} {namespace}/{name}",
         )
         return result or {}
@@ -390,8 +508,8 @@ class Kube:
         concurrent change) or a `test` operation in a JSON patch (422 when it does not hold).
         """
         path = await self.path(api_version, kind, namespace, name)
-        result = await self._request(
-            "PATCH", path, params={"fieldManager": self.field_manager},
+        result = await self._write(
+            (api_version, kind, namespace, name), "PATCH", path, params={"fieldManager": self.field_manager},
             body=list(body) if json_patch else dict(body),
             content_type="application/json-patch+json" if json_patch else "application/merge-patch+json",
             what=f"patch {kind} {namespace}/{name}",
@@ -410,9 +528,9 @@ class Kube:
         if labels is not None:
             meta["labels"] = dict(labels)
         path = await self.path(api_version, kind, namespace, name)
-        result = await self._request(
-            "PATCH", path, body={"metadata": meta}, content_type="application/merge-patch+json",
-            what=f"patch metadata of {kind} {namespace}/{name}",
+        result = await self._write(
+            (api_version, kind, namespace, name), "PATCH", path, body={"metadata": meta},
+            content_type="application/merge-patch+json", what=f"patch metadata of {kind} {namespace}/{name}",
         )
         return result or {}
 

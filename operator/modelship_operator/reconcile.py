@@ -1,8 +1,8 @@
 """One level-triggered reconcile of a ModelDeployment: observe → plan → render → apply → prune → status.
 
-Idempotent: with nothing changed, a second call performs no write at all (applies are skipped
-when the live child carries the same `modelship.dev/applied-hash`, status is patched only when
-it differs, and the plan emits events only on transitions). Never writes `spec`.
+Idempotent: with nothing changed, a second call performs no write at all (a child is applied
+only when the live object no longer holds what we render: see drift.py; status is patched only
+when it differs, and the plan emits events only on transitions). Never writes `spec`.
 All API access goes through the `kube` object passed in (kube.Kube or the test double).
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .analysis import Verdict
 from .kube import KubeError, PermanentError
 from .planning import (APPLIED_HASH, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, AnalysisResult,
                        DeploymentState, Event, Observed, Plan, analysis_due, failed_status, parse_time, plan)
+from .drift import drifted
 from .render import render
 from .settings import Settings
 from .spec import API_VERSION, KIND, ModelDeployment, SpecError
@@ -47,6 +48,8 @@ class KubeAPI(Protocol):
 
     async def list(self, api_version: str, kind: str, namespace: str | None = None,
                    label_selector: Mapping[str, str] | str | None = None) -> list[dict[str, Any]]: ...
+    async def owned(self, api_version: str, kind: str, namespace: str, owner_uid: str,
+                    label_selector: Mapping[str, str] | str | None = None) -> list[dict[str, Any]]: ...
     async def served(self, group: str, version: str, plural: str) -> bool: ...
     async def apply(self, manifest: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]: ...
     async def delete(self, api_version: str, kind: str, namespace: str | None, name: str,
@@ -141,7 +144,8 @@ async def _fail(kube: KubeAPI, body: Mapping[str, Any], reason: str, message: st
 
 
 async def observe(kube: KubeAPI, md: ModelDeployment, discovery: Discovery) -> tuple[Observed, list[dict]]:
-    """The live children (ours by label) and what the cluster offers."""
+    """The live children this ModelDeployment controls (its uid in their controller
+    ownerReference, not a label a copy may keep too) and what the cluster offers."""
     selector = {INSTANCE_LABEL: md.name, MANAGED_BY_LABEL: MANAGED_BY}
     served: dict[tuple[str, str, str], bool] = {}
     for resource in (SERVICE_MONITORS, HTTP_ROUTES):
@@ -149,7 +153,7 @@ async def observe(kube: KubeAPI, md: ModelDeployment, discovery: Discovery) -> t
     children: list[dict] = []
     for api_version, kind, optional in CHILD_KINDS:
         if optional is None or served[optional]:
-            children += await kube.list(api_version, kind, md.namespace, selector)
+            children += await kube.owned(api_version, kind, md.namespace, str(md.uid), selector)
     deployments = tuple(DeploymentState.from_manifest(c) for c in children if c["kind"] == "Deployment")
     observed = Observed(deployments=deployments, httproute_served=served[HTTP_ROUTES],
                         servicemonitor_served=served[SERVICE_MONITORS])
@@ -158,21 +162,25 @@ async def observe(kube: KubeAPI, md: ModelDeployment, discovery: Discovery) -> t
 
 async def _apply_and_prune(kube: KubeAPI, md: ModelDeployment, desired_plan: Any,
                            live_children: list[dict], result: ReconcileResult) -> bool:
-    """Apply what differs from the live children, prune ours that are no longer desired."""
+    """Apply each child whose live object no longer holds what we render (missing, edited by
+    someone else, or rendered differently), prune the children we control that are no longer
+    desired. A child that holds everything we apply costs no write."""
     manifests = render(desired_plan)
     live = {_ident(c): c for c in live_children}
     changed = False
     for manifest in manifests:
         current = live.get(_ident(manifest))
-        want = (manifest["metadata"].get("annotations") or {}).get(APPLIED_HASH)
-        have = ((current or {}).get("metadata", {}).get("annotations") or {}).get(APPLIED_HASH)
-        if current is not None and want is not None and want == have:
-            continue
+        if current is not None:
+            where = drifted(manifest, current)
+            if where is None:
+                continue
+            log.info("%s %s/%s differs from what we apply at %s: applying it again", manifest["kind"],
+                     md.namespace, manifest["metadata"]["name"], where)
         await kube.apply(manifest)
         result.applied.append("/".join(_ident(manifest)))
         changed = True
     desired = {_ident(m) for m in manifests}
-    for child in live_children:
+    for child in live_children:  # only children whose controller is this ModelDeployment
         ident = _ident(child)
         if ident in desired or (ident[0] == "Deployment" and ident[1] in desired_plan.retain):
             continue

@@ -39,6 +39,30 @@ class WriteRecord:
     user_agent: str
 
 
+@dataclass(frozen=True)
+class RequestRecord:
+    method: str
+    path: str  # with the query string
+    verb: str  # get | list | watch | create | update | patch | delete | discovery
+    user_agent: str
+
+
+def request_verb(method: str, path: str, query: Any) -> str:
+    """The Kubernetes verb of a request, as the API server's audit log names it."""
+    parts = [p for p in path.split("/") if p]
+    resource_path = (parts[:1] == ["api"] and len(parts) >= 3) or (parts[:1] == ["apis"] and len(parts) >= 4)
+    if method == "GET":
+        if not resource_path:
+            return "discovery"
+        rest = parts[2:] if parts[0] == "api" else parts[3:]
+        if rest[:1] == ["namespaces"] and len(rest) >= 3:
+            rest = rest[2:]
+        if len(rest) > 1:
+            return "get"
+        return "watch" if query.get("watch") in ("true", "1") else "list"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, method.lower())
+
+
 @dataclass
 class _Watcher:
     rtype: ResourceType
@@ -60,7 +84,8 @@ class ApiServerDouble:
         self.token = token
         self.store = ObjectStore()
         self.writes: list[WriteRecord] = []
-        self.requests: deque[tuple[str, str]] = deque(maxlen=100000)  # (method, path_qs), reads too
+        self.requests: deque[tuple[str, str]] = deque(maxlen=200000)  # (method, path_qs), reads too
+        self.request_log: deque[RequestRecord] = deque(maxlen=200000)  # the same, with verb and client
         self._watchers: list[_Watcher] = []
         self._failures: list[tuple[str | None, str, ApiError]] = []  # (method, path part, error)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -152,6 +177,14 @@ class ApiServerDouble:
     def mark_deployment_available(self, namespace: str, name: str, ready: int | None = None) -> dict:
         return self.call(lambda: self.store.mark_deployment_available(namespace, name, ready))
 
+    def verbs(self, since: int = 0, user_agent: str | None = None) -> dict[str, int]:
+        """Requests by verb from request number `since` on (optionally of one client only)."""
+        counts: dict[str, int] = {}
+        for record in list(self.request_log)[since:]:
+            if user_agent is None or record.user_agent.startswith(user_agent):
+                counts[record.verb] = counts.get(record.verb, 0) + 1
+        return counts
+
     def snapshot(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict]:
         return self.call(lambda: self.store.list(self.store.type_for(api_version, kind), namespace))
 
@@ -168,6 +201,9 @@ class ApiServerDouble:
         if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.json_response(ApiError(401, "Unauthorized", "Unauthorized").body(), status=401)
         self.requests.append((request.method, request.path_qs))
+        self.request_log.append(RequestRecord(request.method, request.path_qs,
+                                              request_verb(request.method, request.path, request.query),
+                                              request.headers.get("User-Agent", "")))
         for i, (method, part, error) in enumerate(self._failures):
             if method in (None, request.method) and part in request.path:
                 del self._failures[i]

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from modelship_operator.kube import PermanentError, error_from_response
+from modelship_operator.kube import PermanentError, controller_uid, error_from_response
+from server_defaults import apply_defaults
 
 Obj = dict[str, Any]
 
@@ -91,6 +92,7 @@ BUILTINS = (
     ResourceType("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget",
                  subresources=frozenset({"status"}), short_names=("pdb",)),
     ResourceType("events.k8s.io", "v1", "events", "Event", short_names=("ev",)),
+    ResourceType("coordination.k8s.io", "v1", "leases", "Lease"),  # leader election
     ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
                  namespaced=False, subresources=frozenset({"status"}), short_names=("crd",)),
 )
@@ -216,9 +218,13 @@ def field_selector_matches(selector: str | None, obj: Obj) -> bool:
     return True
 
 
+# Maps the real API server treats as one value (+mapType=atomic / +structType=atomic).
+ATOMIC_MAPS = frozenset({"selector", "nodeSelector"})
+
+
 def _leaf_paths(obj: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
-    """Field paths of an applied config; lists are atomic (one leaf)."""
-    if isinstance(obj, dict) and obj:
+    """Field paths of an applied config; lists and atomic maps are one leaf each."""
+    if isinstance(obj, dict) and obj and not (prefix and prefix[-1] in ATOMIC_MAPS):
         return set().union(*(_leaf_paths(v, prefix + (k,)) for k, v in obj.items()))
     return {prefix}
 
@@ -237,7 +243,7 @@ def _deep_merge(base: Any, top: Any) -> Any:
     if isinstance(base, dict) and isinstance(top, dict):
         out = dict(base)
         for k, v in top.items():
-            out[k] = _deep_merge(base.get(k), v)
+            out[k] = copy.deepcopy(v) if k in ATOMIC_MAPS else _deep_merge(base.get(k), v)
         return out
     return copy.deepcopy(top)
 
@@ -440,7 +446,7 @@ class ObjectStore:
             self._register_crd(obj)
         if rtype.kind == "Namespace":
             obj["status"] = {"phase": "Active"}
-        obj = _prune_object(rtype, obj)
+        obj = apply_defaults(rtype.api_version, rtype.kind, _prune_object(rtype, obj))
         meta = obj["metadata"]
         meta["resourceVersion"] = self._next_rv()
         self._bucket(rtype)[key] = obj
@@ -467,6 +473,8 @@ class ObjectStore:
                 if "status" in old:
                     new["status"] = copy.deepcopy(old["status"])
         new = _prune_object(rtype, new)
+        if subresource != "status":
+            apply_defaults(rtype.api_version, rtype.kind, new)
         meta = new["metadata"]
         if new == old:
             return copy.deepcopy(old)
@@ -717,6 +725,11 @@ class KubeDouble:
         except ApiError as exc:
             raise PermanentError(exc.message, status=404) from exc
         return self.store.list(rtype, namespace, label_selector)
+
+    async def owned(self, api_version: str, kind: str, namespace: str, owner_uid: str,
+                    label_selector: Mapping[str, str] | str | None = None) -> list[Obj]:
+        return [o for o in await self.list(api_version, kind, namespace, label_selector)
+                if controller_uid(o) == owner_uid]
 
     async def served(self, group: str, version: str, plural: str) -> bool:
         self._maybe_fail("served", plural)

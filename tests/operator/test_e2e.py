@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MD = ("modelship.dev/v1alpha1", "ModelDeployment")
 CRD = ("apiextensions.k8s.io/v1", "CustomResourceDefinition")
 NAME = "digits"
+LEASE_CLIENT = "modelship-leader-election"  # user agent of the operator's Lease requests
 T = TypeVar("T")
 
 pytestmark = pytest.mark.cluster
@@ -244,15 +245,44 @@ def test_steady_state_writes_nothing(env: Env) -> None:
     time.sleep(4.5)  # two resync periods (MODELSHIP_RESYNC_SECONDS=2)
     assert env.call(versions) == before
     if env.double is not None:
-        assert env.double.writes[writes_before:] == []
-        # ... and not because nothing ran: the resync read the ModelDeployments meanwhile.
-        resync_lists = [path for method, path in list(env.double.requests)[requests_before:]
-                        if method == "GET" and path.endswith(f"/namespaces/{env.namespace}/modeldeployments")]
-        assert len(resync_lists) >= 2
-        # kopf watches only our own Deployments (server-side label selector).
+        # The leader-election Lease is renewed by design (its own client); nothing else writes.
+        assert [w for w in env.double.writes[writes_before:] if w.user_agent != LEASE_CLIENT] == []
+        # Issue 9 item 11: the resyncs read from the watch caches, so the operator sent no
+        # request at all meanwhile (kopf's own and ours), beyond watches that ended and resumed.
+        verbs = {r.verb for r in list(env.double.request_log)[requests_before:]
+                 if r.user_agent not in ("modelship-e2e", LEASE_CLIENT)}
+        assert verbs <= {"watch"}, verbs
+        # The caches watch only our own children (server-side label selector).
         watches = [path for _, path in env.double.requests if "/deployments?" in path and "watch=true" in path]
         assert watches and all(parse_qs(urlsplit(path).query).get("labelSelector")
                                == ["app.kubernetes.io/managed-by=modelship-operator"] for path in watches), watches
+
+
+def test_edited_children_are_put_back(env: Env) -> None:
+    """Issue 9 item 2: `kubectl scale deploy/<child> --replicas=0` and a Service patched to another
+    selector are reverted by the operator (its watch sees the change), and then left alone."""
+    dep = env.shared["first"]
+    base = f"/apis/apps/v1/namespaces/{env.namespace}/deployments/{dep}"
+
+    async def edit(k: Kube) -> None:
+        await k._request("PATCH", base + "/scale", body={"spec": {"replicas": 0}},
+                         content_type="application/merge-patch+json", what="kubectl scale")
+        await k.patch("v1", "Service", env.namespace, NAME, {"spec": {"selector": {"app": "elsewhere"}}})
+    env.call(edit)
+
+    async def healed(k: Kube) -> dict | None:
+        live = await k.get("apps/v1", "Deployment", env.namespace, dep)
+        svc = await k.get("v1", "Service", env.namespace, NAME)
+        selector = svc["spec"]["selector"]
+        return live if live["spec"]["replicas"] == 2 and "app" not in selector \
+            and selector.get("app.kubernetes.io/instance") == NAME else None
+
+    live = env.eventually(healed, "the Deployment scaled back to 2 and the Service selector restored", timeout=20)
+    settled = env.call(lambda k: k.get("apps/v1", "Deployment", env.namespace, dep))
+    time.sleep(2.5)  # a resync later: nothing more to do
+    assert env.call(lambda k: k.get("apps/v1", "Deployment", env.namespace, dep))["metadata"]["resourceVersion"] \
+        == settled["metadata"]["resourceVersion"]
+    assert live["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/modelship/server:e2e"
 
 
 def test_spec_change_rolls_a_new_revision_and_prunes_the_old(env: Env) -> None:
@@ -361,7 +391,7 @@ def test_restarted_operator_resumes_without_writing(env: Env) -> None:
         time.sleep(0.2)
     assert resumed(), env.log_tail()
     time.sleep(2.5)  # past one resync period as well
-    assert env.double.writes[mark:] == []
+    assert [w for w in env.double.writes[mark:] if w.user_agent != LEASE_CLIENT] == []
 
 
 def test_invalid_settings_stop_the_operator_at_start() -> None:

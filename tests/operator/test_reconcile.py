@@ -282,13 +282,28 @@ def test_temporary_api_error_raises_for_retry(cluster: Cluster, status_code: int
     assert cluster.reconcile("digits").error is None  # the retry converges
 
 
-def test_prunes_only_our_own_children(cluster: Cluster) -> None:
-    cluster.create(example("quickstart-cpu.yaml"))
+def test_prunes_only_children_this_modeldeployment_controls(cluster: Cluster) -> None:
+    """Issue 9 item 8: pruning follows the controller ownerReference (uid), never a label alone."""
+    uid = cluster.create(example("quickstart-cpu.yaml"))["metadata"]["uid"]
     cluster.reconcile("digits")
     store = cluster.kube.store
     svc = store.type_for("v1", "Service")
     ours = {"app.kubernetes.io/instance": "digits", "app.kubernetes.io/managed-by": "modelship-operator"}
-    store.create(svc, NS, {"metadata": {"name": "digits-stale", "labels": ours}, "spec": {}})
+
+    def ref(owner_uid: str, controller: bool = True) -> list[dict]:
+        return [{"apiVersion": MD_API, "kind": "ModelDeployment", "name": "digits", "uid": owner_uid,
+                 "controller": controller, "blockOwnerDeletion": True}]
+
+    store.create(svc, NS, {"metadata": {"name": "digits-stale", "labels": ours, "ownerReferences": ref(uid)},
+                           "spec": {}})
+    # A user's copy of our Service that kept every label: not ours to delete.
+    store.create(svc, NS, {"metadata": {"name": "digits-copy", "labels": ours}, "spec": {}})
+    # Controlled by another (say a deleted and re-created) ModelDeployment of the same name.
+    store.create(svc, NS, {"metadata": {"name": "digits-other", "labels": ours,
+                                        "ownerReferences": ref("0000-other")}, "spec": {}})
+    # Our uid, but not as its controller.
+    store.create(svc, NS, {"metadata": {"name": "digits-dependent", "labels": ours,
+                                        "ownerReferences": ref(uid, controller=False)}, "spec": {}})
     store.create(svc, NS, {"metadata": {"name": "digits-handmade",
                                         "labels": {"app.kubernetes.io/instance": "digits"}}, "spec": {}})
 
@@ -296,7 +311,9 @@ def test_prunes_only_our_own_children(cluster: Cluster) -> None:
 
     assert result.pruned == ["Service/digits-stale"]
     names = sorted(s["metadata"]["name"] for s in cluster.children("Service", "v1"))
-    assert names == ["digits", "digits-handmade", "digits-peers"]
+    assert names == ["digits", "digits-copy", "digits-dependent", "digits-handmade", "digits-other",
+                     "digits-peers"]
+    assert not cluster.reconcile("digits").wrote
 
 
 def test_the_peers_service_follows_feedback(cluster: Cluster) -> None:
@@ -335,6 +352,94 @@ def test_drifted_child_is_reapplied_when_its_hash_annotation_changes(cluster: Cl
     assert result.applied == ["Service/digits"]
     live = store.get(svc, NS, "digits")
     assert live["metadata"]["annotations"][APPLIED_HASH] != "tampered"
+
+
+def _gateway_cluster(cluster: Cluster) -> dict[str, ResourceType]:
+    """canary-gateway with the HTTPRoute and ServiceMonitor CRDs served: every kind of child."""
+    store = cluster.kube.store
+    extra = {"HTTPRoute": ResourceType("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute"),
+             "ServiceMonitor": ResourceType("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor")}
+    for rtype in extra.values():
+        store.register(rtype)
+    cluster.create(example("canary-gateway.yaml"))
+    first = cluster.reconcile("fraud")
+    assert {a.split("/")[0] for a in first.applied} == {"Deployment", "Service", "HTTPRoute", "PodDisruptionBudget",
+                                                        "HorizontalPodAutoscaler", "ServiceMonitor"}
+    assert not cluster.reconcile("fraud").wrote  # against server-defaulted children
+    return {**extra, **{kind: store.type_for(api, kind) for api, kind in (
+        ("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget"),
+        ("autoscaling/v2", "HorizontalPodAutoscaler"))}}
+
+
+MERGE, JSON = "application/merge-patch+json", "application/json-patch+json"
+# (child kind, name suffix, patch type or "scale", patch, a field read back to prove the repair)
+EDITS = {
+    "deployment-scaled-to-zero": ("Deployment", "", "scale", {"spec": {"replicas": 0}}, ("spec", "replicas")),
+    "deployment-image": ("Deployment", "", JSON, [{"op": "replace", "path": "/spec/template/spec/containers/0/image",
+                                                   "value": "evil/image:1"}], ("spec", "template")),
+    "deployment-strategy": ("Deployment", "", MERGE, {"spec": {"strategy": {"rollingUpdate": {"maxUnavailable": 3}}}},
+                            ("spec", "strategy")),
+    "deployment-labels-removed": ("Deployment", "", MERGE,
+                                  {"metadata": {"labels": {"app.kubernetes.io/managed-by": None}}},
+                                  ("metadata", "labels")),
+    "service-selector-replaced": ("Service", "fraud", MERGE,
+                                  {"spec": {"selector": {"app.kubernetes.io/instance": "nowhere"}}},
+                                  ("spec", "selector")),
+    "service-selector-key-added": ("Service", "fraud", MERGE, {"spec": {"selector": {"extra": "key"}}},
+                                   ("spec", "selector")),
+    "service-port": ("Service", "fraud", JSON, [{"op": "replace", "path": "/spec/ports/0/port", "value": 9999}],
+                     ("spec", "ports")),
+    "peers-service-selector": ("Service", "fraud-peers", MERGE,
+                               {"spec": {"selector": {"app.kubernetes.io/instance": "other"}}},
+                               ("spec", "selector")),
+    "hpa-max": ("HorizontalPodAutoscaler", "fraud", MERGE, {"spec": {"maxReplicas": 99}}, ("spec", "maxReplicas")),
+    "pdb-budget": ("PodDisruptionBudget", "fraud", MERGE, {"spec": {"maxUnavailable": 5}},
+                   ("spec", "maxUnavailable")),
+    "httproute-backend": ("HTTPRoute", "fraud", JSON, [{"op": "replace", "path": "/spec/rules/0/backendRefs/0/port",
+                                                        "value": 1}], ("spec", "rules")),
+    "servicemonitor-endpoints": ("ServiceMonitor", "fraud", MERGE, {"spec": {"endpoints": []}},
+                                 ("spec", "endpoints")),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_an_edited_child_is_put_back_and_then_left_alone(cluster: Cluster, edit: str) -> None:
+    """Issue 9 item 2: a change by someone else to any field we own, on any child kind, is
+    reverted by the next reconcile (level-triggered, not trust in our annotation); the one
+    after writes nothing."""
+    types = _gateway_cluster(cluster)
+    store = cluster.kube.store
+    kind, name, patch_type, patch, field_path = EDITS[edit]
+    rtype = types[kind]
+    name = name or next(d["metadata"]["name"] for d in cluster.deployments())
+    before = store.get(rtype, NS, name)
+    if patch_type == "scale":
+        store.patch(rtype, NS, name, MERGE, patch, subresource="scale")
+    else:
+        store.patch(rtype, NS, name, patch_type, patch)
+    edited = store.get(rtype, NS, name)
+    assert edited["metadata"]["resourceVersion"] != before["metadata"]["resourceVersion"]
+
+    result = cluster.reconcile("fraud")
+
+    assert result.applied == [f"{kind}/{name}"]
+    assert result.pruned == []
+    after = store.get(rtype, NS, name)
+    part, key = field_path
+    assert after[part][key] == before[part][key]
+    assert not cluster.reconcile("fraud").wrote
+
+
+def test_a_field_someone_else_adds_is_left_to_them(cluster: Cluster) -> None:
+    """Fields we do not apply (another controller's annotation, a label on the pod template)
+    are not ours to revert: no write, no loop."""
+    types = _gateway_cluster(cluster)
+    store = cluster.kube.store
+    dep = cluster.deployments()[0]["metadata"]["name"]
+    store.patch(types["Deployment"], NS, dep, MERGE, {"metadata": {"annotations": {"example.com/owner": "team-a"}},
+                                                      "spec": {"template": {"metadata": {"labels": {"x": "y"}}}}})
+    store.patch(types["Service"], NS, "fraud", MERGE, {"metadata": {"labels": {"example.com/cost": "ml"}}})
+    assert not cluster.reconcile("fraud").wrote
 
 
 def test_status_patch_nulls_removed_keys_and_keeps_equal_ones() -> None:
