@@ -171,6 +171,8 @@ def bodies(draw: st.DrawFn) -> dict[str, Any]:
 
     version = mostly(st.sampled_from(["1.0.0", "v2", "a" * 63]), st.sampled_from(["", "1.0 beta", "-x", "a" * 64]))
     s: dict[str, Any] = {"model": {"uri": draw(mostly(URIS, BAD_URIS)), "version": draw(version)}}
+    maybe("allowInsecureHttp", st.booleans(), s["model"])
+    maybe("sha256", mostly(st.just("0" * 64), st.sampled_from(["0" * 63, "g" * 64])), s["model"])
     maybe("replicas", mostly(st.integers(0, 20), st.sampled_from([-1, 1001])), s)
     batching: dict[str, Any] = {}
     maybe("maxBatchSize", mostly(st.integers(1, 64), st.integers(0, 300)), batching)

@@ -149,6 +149,15 @@ class Shaped:
         return core_schema.no_info_wrap_validator_function(keep_written, inner)
 
 
+@dataclass(frozen=True)
+class Since:
+    """The field was added after revisions existed (API release `version`). While it holds its
+    default it is left out of the revision identity (`Checked.identity_fields`), so an operator
+    upgrade that adds it does not give every ModelDeployment a new revision."""
+
+    version: str
+
+
 def rules_of(cls: type) -> tuple[Rule, ...]:
     """Class-level rules of a model (they sit on the object's own node)."""
     return tuple(cls.__dict__.get("__rules__", ()))
@@ -160,3 +169,13 @@ class Checked:
     def __post_init__(self) -> None:
         for rule in rules_of(type(self)):
             rule.enforce(self)
+
+    def identity_fields(self) -> list[str]:
+        """The attributes a revision's identity covers: all but `Since` fields at their default."""
+        names = []
+        for name, info in type(self).__pydantic_fields__.items():  # type: ignore[attr-defined]
+            added_later = any(isinstance(m, Since) for m in info.metadata)
+            if added_later and getattr(self, name) == info.get_default(call_default_factory=True):
+                continue
+            names.append(name)
+        return names

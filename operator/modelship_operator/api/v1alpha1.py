@@ -21,7 +21,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_vali
 from pydantic.alias_generators import to_camel
 from pydantic.dataclasses import dataclass
 
-from .markers import OA, Checked, PassThrough, Rule, Shaped, WriteEmptyDefault, matches
+from .markers import OA, Checked, PassThrough, Rule, Shaped, Since, WriteEmptyDefault, matches
 
 GROUP = "modelship.dev"
 VERSION = "v1alpha1"
@@ -90,6 +90,12 @@ Int64 = Annotated[int, OA(format="int64")]
 Quantity = Annotated[int | str, OA(pattern=QUANTITY_PATTERN, title="a quantity such as 500m, 2 or 4Gi",
                                    ext={"x-kubernetes-int-or-string": True})]
 QuantityMap = dict[str, Quantity]
+# A size in bytes: a positive integer or a quantity string without sign (64Mi, 2G, 1500000).
+SIZE_PATTERN = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[kMGTPE])?$"
+Size = Annotated[int | str, OA(minimum=1, pattern=SIZE_PATTERN, title="a size such as 64Mi, 2G or 1048576",
+                               ext={"x-kubernetes-int-or-string": True})]
+SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
+V02 = Since("0.2")  # fields added with issues 9-11 (download integrity, admin port, byte budgets)
 
 
 def F(description: str, default: Any = dataclasses.MISSING, *, alias: str | None = None,
@@ -143,6 +149,10 @@ class ModelSpec(_Object):
              "model.version must be usable as a label value: letters, digits, '-', '_' and '.', starting and "
              "ending with a letter or digit",
              lambda m: matches(m.version, LABEL_VALUE_PATTERN)),
+        Rule("!self.uri.startsWith('http://') || (has(self.allowInsecureHttp) && self.allowInsecureHttp)",
+             "a plain http:// model.uri needs model.allowInsecureHttp: true (the download is neither encrypted "
+             "nor authenticated; prefer https:// or set model.sha256)",
+             lambda m: not m.uri.startswith("http://") or m.allow_insecure_http),
     )
 
     uri: Annotated[str, OA(minLength=1, maxLength=2048)] = F(
@@ -158,6 +168,16 @@ class ModelSpec(_Object):
     name: Annotated[str, OA(maxLength=63, pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")] | None = F(
         "Model name used by the inference protocol (/v2/models/{name}). Defaults to the ModelDeployment's name.",
         None)
+    sha256: Annotated[Annotated[str, OA(pattern=SHA256_PATTERN, title="64 hex digits (a sha256 digest)")] | None,
+                      V02] = F(
+        "Expected sha256 of the model file (64 hex digits). The init container verifies a download against "
+        "it and the server refuses a file that does not match. Unset: not checked.", None)
+    max_bytes: Annotated[Size | None, V02] = F(
+        "Largest model file the init container downloads (bytes or a quantity such as 2Gi); a larger download "
+        "fails. Also sizes the download volume. Unset: the operator's default limit.", None)
+    allow_insecure_http: Annotated[bool, V02] = F(
+        "Allow a plain http:// model.uri (no encryption, no authentication of the server). Off by default: "
+        "use https://, or set this together with sha256.", False)
 
     @property
     def scheme(self) -> str:
@@ -242,9 +262,18 @@ def _no_reserved_env(env: tuple[dict[str, Any], ...]) -> bool:
     return all(not e["name"].startswith(RESERVED_ENV_PREFIX) for e in env)
 
 
+INFERENCE_PORT = 8080  # the server's inference port (fixed; planning.pods.SERVER_PORT)
+
+
 @api
 class ServerSpec(_Object):
     """Settings of the bundled inference server."""
+
+    __rules__ = (
+        Rule(f"self.adminPort != {INFERENCE_PORT}",
+             f"server.adminPort must differ from the inference port {INFERENCE_PORT}",
+             lambda s: s.admin_port != INFERENCE_PORT),
+    )
 
     image: Annotated[str, OA(maxLength=512)] | None = F(
         "Server image. Defaults to the operator's MODELSHIP_SERVER_IMAGE setting.", None)
@@ -264,6 +293,10 @@ class ServerSpec(_Object):
              "server.env names starting with MODELSHIP_ are reserved: the operator sets them from the spec",
              _no_reserved_env),
     ] = F("Extra environment variables of the server container (core EnvVar).", ())
+    admin_port: Annotated[Int32, OA(minimum=1024, maximum=65535), V02] = F(
+        "Port of the server's admin surface (/metrics, /feedback, /drift and everything else that is not "
+        "inference). Services and the HTTPRoute expose only the inference port; Prometheus and the "
+        "operator's analysis use this one.", 9090)
 
     @model_validator(mode="after")
     def _env_names_unique(self) -> ServerSpec:
@@ -396,6 +429,15 @@ class AnalysisSpec(_Object):
     min_requests: Annotated[Int32, OA(minimum=0)] = F(
         "Requests a check needs before it counts; fewer leaves the verdict inconclusive.", 50)
     failure_limit: Annotated[Int32, OA(minimum=1, maximum=100)] = F("Failed checks that abort the rollout.", 2)
+    min_passed_windows: Annotated[Int32, OA(minimum=1, maximum=100)] = F(
+        "Passing analysis windows a step that gives the canary traffic needs at its weight before the rollout "
+        "advances; a timed pause ends when its time is up and its windows passed.", 1)
+    inconclusive_limit: Annotated[Int32, OA(minimum=1, maximum=100)] = F(
+        "Consecutive inconclusive windows (too few requests, metrics unavailable) after which the rollout "
+        "stops waiting and acts as onInconclusive says. Inconclusive windows hold the step.", 3)
+    on_inconclusive: Literal["Pause", "Abort"] = F(
+        "What inconclusiveLimit consecutive inconclusive windows do: Pause (phase Paused, a condition and an "
+        "Event say why; promote or fix the traffic) or Abort.", "Pause")
 
     @property
     def interval_seconds(self) -> float:
@@ -463,6 +505,15 @@ class RolloutSpec(_Object):
         "Service), gateway (a Gateway API HTTPRoute with weighted backends) or auto (gateway when "
         "rollout.gateway is set and the HTTPRoute CRD exists, else replicas).", "auto")
     gateway: GatewaySpec | None = F(GatewaySpec.__doc__ or "", None)
+    ready_timeout: Annotated[str, OA(maxLength=32, pattern=DURATION_PATTERN), _positive_rule("rollout.readyTimeout")] = F(
+        "How long the canary's pods may take to become Ready; a canary not Ready by then is aborted, e.g. 5m.",
+        "5m")
+    max_canary_restarts: Annotated[Int32, OA(minimum=0, maximum=1000)] = F(
+        "Container restarts of canary pods (crash loops, OOM kills) after which the rollout is aborted.", 3)
+
+    @property
+    def ready_timeout_seconds(self) -> float:
+        return parse_duration(self.ready_timeout)
 
 
 # --------------------------------------------------------------------------- spec.monitoring
@@ -498,6 +549,9 @@ class FeedbackSpec(_Object):
         "How long a prediction waits for its ground truth, e.g. 1h.", "1h")
     max_entries: Annotated[Int32, OA(minimum=1, maximum=10000000)] = F(
         "Pending predictions kept per pod (about 400 bytes each).", 100000)
+    max_bytes: Annotated[Size, V02] = F(
+        "Memory budget of the pending predictions per pod (bytes or a quantity such as 64Mi); the oldest are "
+        "evicted beyond it.", "64Mi")
 
 
 _FIELD_NAME = r"^[A-Za-z0-9_.-]+$"
@@ -517,6 +571,9 @@ class AuditSpec(_Object):
         tuple[Annotated[str, OA(maxLength=253, pattern=_FIELD_NAME, description="One field name.")], ...],
         OA(maxItems=64), WriteEmptyDefault,
     ] = F("Field names (at any depth, e.g. client or an input name) whose values are logged as \"***\".", ())
+    max_bytes: Annotated[Size, V02] = F(
+        "Memory budget of the audit records waiting to be written, per pod (bytes or a quantity such as 8Mi); "
+        "beyond it records are dropped and counted.", "8Mi")
 
 
 @api

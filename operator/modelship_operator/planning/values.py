@@ -16,7 +16,9 @@ from ..spec import ModelDeployment
 def jsonable(value: Any) -> Any:
     """Dataclasses, mappings and tuples as plain JSON values (spec models are dataclasses)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        # API objects name the fields their identity covers (new fields at their default are left out).
+        names = value.identity_fields() if hasattr(value, "identity_fields") else [f.name for f in dataclasses.fields(value)]
+        return {name: jsonable(getattr(value, name)) for name in names}
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
