@@ -263,6 +263,20 @@ def _bury(obj: Obj, dotted: str, value: Any) -> None:
     node[last] = value
 
 
+def reject_invalid_defaults(crd: Obj) -> None:
+    """The API server checks every `default` of a CRD's schema as written (no nested defaults
+    filled in) against its node's schema and CEL rules, and rejects the CRD otherwise."""
+    from modelship_operator.api.validate import default_errors
+
+    for version in (crd.get("spec") or {}).get("versions") or []:
+        schema = (version.get("schema") or {}).get("openAPIV3Schema")
+        errors = default_errors(schema) if schema else []
+        if errors:
+            name = (crd.get("metadata") or {}).get("name")
+            raise ApiError(422, "Invalid", f'CustomResourceDefinition.apiextensions.k8s.io "{name}" is invalid: '
+                                           + "; ".join(errors))
+
+
 def prune_unknown(value: Any, schema: Mapping[str, Any] | None) -> Any:
     """Drop fields a structural schema does not declare (x-kubernetes-preserve-unknown-fields
     and additionalProperties keep theirs), like the API server does for custom resources."""
@@ -345,6 +359,7 @@ class ObjectStore:
         return out
 
     def _register_crd(self, crd: Obj) -> None:
+        reject_invalid_defaults(crd)
         spec = crd.get("spec", {})
         names = spec.get("names", {})
         for version in spec.get("versions", []):
@@ -476,6 +491,8 @@ class ObjectStore:
         if subresource != "status":
             apply_defaults(rtype.api_version, rtype.kind, new)
         meta = new["metadata"]
+        if rtype.kind == "CustomResourceDefinition":
+            reject_invalid_defaults(new)
         if new == old:
             return copy.deepcopy(old)
         if _spec_part(new) != _spec_part(old):

@@ -330,3 +330,29 @@ def test_operator_dockerfile_has_no_torch_and_runs_non_root() -> None:
     assert 'import torch' in text  # the build fails if torch slipped in
     assert re.search(r"^USER \d+", text, re.M)
     assert 'ENTRYPOINT ["python", "-m", "modelship_operator"]' in text
+
+
+def test_the_api_double_rejects_a_crd_whose_defaults_fail_as_written() -> None:
+    """The tests' API server double installs CRDs the way the real one does: not this one."""
+    from kube_double import ApiError, ObjectStore
+
+    store = ObjectStore()
+    crd_type = store.type_for("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+    broken = schema.load_crd()
+    spec_node = broken["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec_node["properties"]["server"]["properties"]["batching"]["default"] = {}
+    with pytest.raises(ApiError) as info:
+        store.create(crd_type, None, broken)
+    assert info.value.status == 422 and "spec.server.batching.default" in info.value.message
+    store.create(crd_type, None, schema.load_crd())  # the generated CRD installs
+    installed = store.get(crd_type, None, crdgen.CRD_NAME)
+    installed_spec = installed["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    installed_spec["properties"]["gpu"]["default"] = {"count": 1, "resourceName": "kubernetes.io/gpu"}
+    with pytest.raises(ApiError):  # an update is checked too
+        store.replace(crd_type, None, crdgen.CRD_NAME, installed)
+
+
+def test_readme_counts_the_cel_rules(root: dict[str, Any]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    [count] = re.findall(r"(\d+) CEL\s+rules", readme)
+    assert int(count) == len(all_rules(root))
