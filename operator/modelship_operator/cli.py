@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from . import schema
+from .api import validate as schema  # offline validation with the API server's semantics
 from .gitops import gitops_manager
 from .planning import (ABORT_ANNOTATION, PROMOTE_ANNOTATION, PROMOTE_FULL, PROMOTE_STEP, RETRY_ANNOTATION,
                        SHAPING_KEYS, Observed, plan)

@@ -7,7 +7,8 @@ it into the OpenAPI schema, and pydantic enforces it when a body is parsed.
   `x-kubernetes-*` extensions.
 - `Rule(...)`: one `x-kubernetes-validations` CEL rule with its message, plus `check`, the same
   predicate over the typed value, so the operator enforces it without a CEL interpreter.
-  tests/operator/api/test_rules_agree.py proves the two agree (cel-python against `check`).
+  tests/operator/test_cel_rules.py (every rule, both ways) and the property test in
+  tests/operator/test_spec.py prove the two agree (cel-python against `check`).
 - `PassThrough`: a Kubernetes object stored as written (x-kubernetes-preserve-unknown-fields).
 - `Shaped(Model)`: a dict validated against `Model`'s schema but kept as the dict written
   (core EnvVar, Toleration, ParentReference: the planning code passes them on unchanged).
