@@ -17,8 +17,9 @@ targets as PASS / FAIL. Also how busy the machine was with other work while it m
 against the profile next to the model scored every 30 s, the feedback store; no audit) and/or
 off (no drift, no feedback, no audit); `both` runs the two side by side, alternating their
 measured runs ("ms-nomon" and "modelship" rows), and prints the on/off ratio of rows/s and
-RSS of every load, with the targets on >= 0.95x off (rows/s) and RSS <= 1.2x off. `full` is
-busier than the defaults: drift scored every second and an audit line per request to a file.
+RSS of every load, with the targets on >= 0.95x off (rows/s) and RSS <= 1.2x off. `full`
+compares off with a server busier than the defaults: drift scored every second and an audit
+line per request to a file.
 Every server's resident memory (RSS, and its peak) is printed when it is ready and after
 each load.
 
@@ -516,6 +517,10 @@ def modelship_cmd(args: argparse.Namespace, model_file: Path, port: int, monitor
 # ---------------------------------------------------------------- report
 
 
+def _cpu_us_per_row(r: Row) -> float | None:
+    return r.server_cpu_cores / r.rows_per_s * 1e6 if r.server_cpu_cores and r.rows_per_s else None
+
+
 def add_ratios_and_checks(res: Results) -> None:
     bare32 = res.find("bare", f"batch {BATCH_ROWS}")
     for r in res.rows:
@@ -547,6 +552,8 @@ def add_ratios_and_checks(res: Results) -> None:
                 "load": r.load, "on_rows_per_s": r.rows_per_s, "off_rows_per_s": off.rows_per_s,
                 "ratio": r.rows_per_s / off.rows_per_s, "on_p99_ms": r.p99_ms, "off_p99_ms": off.p99_ms,
                 "on_rss_mb": r.rss_mb, "off_rss_mb": off.rss_mb,
+                # server CPU time per row: less sensitive than rows/s to other work taking the cores
+                "on_cpu_us_per_row": _cpu_us_per_row(r), "off_cpu_us_per_row": _cpu_us_per_row(off),
             })  # fmt: skip
     on_off = {m["load"]: m for m in res.monitoring}
     for load in ("1-row", f"{BATCH_ROWS}-row"):
@@ -595,7 +602,8 @@ def print_table(res: Results) -> None:
         for m in res.monitoring:
             print(f"  {m['load']:<16} {m['on_rows_per_s']:>10,.0f} vs {m['off_rows_per_s']:>10,.0f} rows/s "
                   f"= {m['ratio']:.3f}x   p99 {fmt(m['on_p99_ms'], '.1f')} vs {fmt(m['off_p99_ms'], '.1f')} ms   "
-                  f"RSS {fmt(m['on_rss_mb'], '.0f')} vs {fmt(m['off_rss_mb'], '.0f')} MB")  # fmt: skip
+                  f"RSS {fmt(m['on_rss_mb'], '.0f')} vs {fmt(m['off_rss_mb'], '.0f')} MB   "
+                  f"server CPU {fmt(m['on_cpu_us_per_row'], '.1f')} vs {fmt(m['off_cpu_us_per_row'], '.1f')} us/row")  # fmt: skip
     print()
     for c in res.checks:
         print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {c['measured']}")
@@ -628,7 +636,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="extra argument for the modelship server (repeatable), e.g. --modelship-arg=--max-batch-size=64")  # fmt: skip
     p.add_argument("--monitoring", default="both", choices=["on", "off", "both", "full"],
                    help="modelship with its monitoring (drift, feedback, audit) at its defaults (on), off, both in "
-                        "turn, or full (drift every second, every request audited to a file)")  # fmt: skip
+                        "turn, or full (off against drift every second and every request audited to a file)")  # fmt: skip
     p.add_argument("--no-binary", action="store_true",
                    help="leave out modelship's 32-row V2 binary-tensor load")  # fmt: skip
     p.add_argument("--batch-metric", default=BATCH_METRIC, help="modelship's batch-size histogram")
@@ -685,7 +693,8 @@ def main(argv: list[str] | None = None) -> int:
                 # both: the two servers run side by side (one idle while the other is measured)
                 with ExitStack() as stack:
                     targets = []
-                    for mode in ("off", "on") if args.monitoring == "both" else (args.monitoring,):
+                    pair = {"both": ("off", "on"), "full": ("off", "full")}
+                    for mode in pair.get(args.monitoring, (args.monitoring,)):
                         system = MONITORING_SYSTEMS[mode]
                         port = free_port()
                         base = f"http://127.0.0.1:{port}"

@@ -97,8 +97,12 @@ def _rows(p: Any) -> int:
     return 1 if isinstance(p, int) else len(p)
 
 
-def compact_predictions(predictions: Any, classification: bool) -> tuple[Any, int]:
-    """(compact copy, its estimated bytes): an int for one integer class, else an owned array."""
+BYTES_OVERHEAD = 33  # a bytes object without its data
+
+
+def compact_predictions(predictions: Any, classification: bool, byte_classes: bool = False) -> tuple[Any, int]:
+    """(compact copy, its estimated bytes): an int for one integer class; with `byte_classes`
+    (class indices known to be < 256) one byte per row; else an owned array."""
     if type(predictions) is int:
         return predictions, 0
     preds = np.asarray(predictions)
@@ -107,8 +111,12 @@ def compact_predictions(predictions: Any, classification: bool) -> tuple[Any, in
     if classification:
         if preds.ndim != 1:
             raise ValueError("classification predictions must be one label per row")
-        if len(preds) == 1 and preds.dtype.kind in "iu":
-            return int(preds[0]), 0
+        if preds.dtype.kind in "iu":
+            if len(preds) == 1:
+                return int(preds[0]), 0
+            if byte_classes:
+                data = preds.astype(np.uint8).tobytes()
+                return data, BYTES_OVERHEAD + len(data)
     preds = preds.copy()  # owns its data: never pins the array it came from
     return preds, ARRAY_OVERHEAD + preds.nbytes
 
@@ -136,6 +144,7 @@ class FeedbackStore:
         labels: Sequence[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_bytes: int | None = None,
+        num_classes: int | None = None,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -149,6 +158,9 @@ class FeedbackStore:
         # entries (at least 1000), since they only improve the answer to late feedback
         self.max_remembered = min(max_entries, max(1000, max_entries // 4))
         self._classification = task == "classification"
+        # predictions are argmax indices < num_classes (the server's classifiers): at most 256
+        # classes are kept as one byte per row
+        self._byte_classes = self._classification and num_classes is not None and 0 < num_classes <= 256
         self._too_old = f"older than {ttl_seconds:g}s"  # one shared string for every remembered id
         # class names (the signature's labels): truth may name a class or give its index
         self._label_index = {str(name): i for i, name in enumerate(labels or ())}
@@ -187,7 +199,7 @@ class FeedbackStore:
         """Remember a request's predictions: [rows] labels/values, or [rows, outputs] (regression).
 
         A one-row integer class may be passed as a plain int (no array at all)."""
-        payload, size = compact_predictions(predictions, self._classification)
+        payload, size = compact_predictions(predictions, self._classification, self._byte_classes)
         intake = self._intake
         intake.append((request_id, self._clock(), payload, size + ENTRY_OVERHEAD + len(request_id)))
         if len(intake) >= _INTAKE_BATCH:
@@ -216,6 +228,8 @@ class FeedbackStore:
             predictions = entry[_PREDICTIONS]
             if isinstance(predictions, int):
                 predictions = np.array([predictions])
+            elif isinstance(predictions, bytes):
+                predictions = np.frombuffer(predictions, dtype=np.uint8).astype(np.int64)
             try:
                 scores = self._score(predictions, truth)
             except ValueError as exc:  # the entry stays: the client may retry with the right truth

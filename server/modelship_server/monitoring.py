@@ -131,7 +131,7 @@ def build_monitoring(settings: Settings, signature: Signature, model_path: str |
             s.feedback_ttl_s, s.feedback_max_entries,
             task="classification" if signature.is_classifier else "regression",
             window=s.feedback_window, max_rows=s.feedback_max_rows, labels=signature.labels or None,
-            max_bytes=s.feedback_max_bytes,
+            max_bytes=s.feedback_max_bytes, num_classes=_class_count(signature),
         )  # fmt: skip
     if s.audit_enabled:
         mon.audit = AuditLogger(
@@ -139,6 +139,14 @@ def build_monitoring(settings: Settings, signature: Signature, model_path: str |
             include_inputs=s.audit_inputs, mask_fields=s.audit_mask_fields, max_bytes=s.audit_max_bytes,
         )  # fmt: skip
     return mon
+
+
+def _class_count(signature: Signature) -> int | None:
+    """Classes a classifier's argmax can return (its first output's last dimension), if fixed."""
+    if not signature.is_classifier:
+        return None
+    width = signature.outputs[0].shape[-1] if len(signature.outputs[0].shape) > 1 else -1
+    return width if width > 0 else None
 
 
 def locate_profile(settings: Settings, model_path: str | None) -> Path | None:

@@ -277,3 +277,18 @@ def test_feedback_token() -> None:
     assert feedback_denied("s3cret", "Basic czNjcmV0")[0] == 401
     assert feedback_denied("s3cret", "Bearer guess")[:2] == (403, {"error": "the feedback token is not valid"})
     assert feedback_denied("s3cret", "bearer  s3cret ") is None
+
+
+def test_up_to_256_classes_are_kept_as_one_byte_per_row(heldout_predictions) -> None:
+    pred, truth = heldout_predictions
+    small = FeedbackStore(ttl_seconds=60, max_entries=10_000, num_classes=10, clock=Clock())
+    plain = FeedbackStore(ttl_seconds=60, max_entries=10_000, clock=Clock())
+    requests = chunks(len(pred), seed=5)
+    for store in (small, plain):
+        for i, sl in enumerate(requests):
+            store.record(f"req-{i}", pred[sl].astype(np.int64))
+    assert small.stats().bytes < 0.75 * plain.stats().bytes  # ~1 byte a row instead of 8 + an array header
+    for i, sl in enumerate(requests):
+        a, b = small.feedback(f"req-{i}", truth[sl].tolist()), plain.feedback(f"req-{i}", truth[sl].tolist())
+        assert a.matched and a.correct == b.correct
+    assert small.stats().accuracy == plain.stats().accuracy == float((pred == truth).mean())
