@@ -48,16 +48,16 @@ def add_routes(app: FastAPI, service: Service) -> None:
         log.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
-    def _live(ok: dict) -> Response:
+    def _live(ok: dict, failing: dict) -> Response:
         problem = service.health_problem()
         if problem is not None:
-            return JSONResponse({**{k: False for k in ok}, "error": f"not live: {problem}"}, status_code=503)
+            return JSONResponse({**failing, "error": f"not live: {problem}"}, status_code=503)
         return JSONResponse(ok)
 
     # -- tutorial-style -------------------------------------------------------------------
     @app.get("/health")
     async def health() -> Response:
-        return _live({"status": "ok"})
+        return _live({"status": "ok"}, {"status": "unhealthy"})
 
     @app.get("/ready")
     async def ready() -> Response:
@@ -72,7 +72,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/v2/health/live")
     async def live() -> Response:
-        return _live({"live": True})
+        return _live({"live": True}, {"live": False})
 
     @app.get("/v2/health/ready")
     async def v2_ready() -> Response:

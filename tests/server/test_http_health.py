@@ -77,7 +77,8 @@ def test_a_forward_pass_stuck_past_the_timeout_fails_liveness_until_it_returns(m
             client.join(30)
             assert answered[0].status_code == 504  # the request gave up at its timeout...
             wait_for(lambda: _statuses(srv.url, HEALTH) == {503}, 10, "liveness to fail")  # ...the forward is stuck
-            assert "stuck" in httpx.get(srv.url + "/health").json()["error"]
+            health = httpx.get(srv.url + "/health").json()
+            assert health["status"] == "unhealthy" and "stuck" in health["error"]
             assert _statuses(srv.url, READY) == {503}
             assert value(parse(httpx.get(srv.url + "/metrics").text), "modelship_forward_stuck") == 1
         finally:
