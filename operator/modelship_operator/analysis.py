@@ -11,14 +11,18 @@ Two ways to measure, one way to judge:
 
 :func:`judge` turns a :class:`Measurement` into a :class:`Verdict` (pass / fail / inconclusive).
 
-Series selection in Prometheus: by ``namespace`` and ``pod``. Both the annotation-based
-``kubernetes-pods`` scrape job (relabelling ``__meta_kubernetes_namespace`` / ``_pod_name``) and
-a prometheus-operator ServiceMonitor attach exactly these two target labels, while pod labels
-(``modelship.dev/revision``) only reach the series with an explicit labelmap or
-``podTargetLabels``. A revision's pods are named ``<name>-<hash>-<replicaset suffix>-<pod
-suffix>`` (the Deployment is ``<name>-<hash>``), so a fully anchored ``pod=~`` regex selects one
-revision exactly. The server's own ``version`` label is not used: two revisions may share a model
-version (a change to batching or resources makes a new revision with the same version).
+Series selection in Prometheus: by the labels the operator controls, never by pod name. Every
+server pod carries ``app.kubernetes.io/instance`` (its ModelDeployment) and
+``modelship.dev/revision`` (its revision hash); the operator's ServiceMonitor and the chart's
+PodMonitor copy them into the target labels :data:`SERIES_LABELS` (``modeldeployment``,
+``revision``) with the relabelings :func:`series_relabelings` describes, and the queries select
+``namespace``, ``modeldeployment`` and ``revision``. (A pod-name regex cannot work: Kubernetes cuts
+generated pod names at 63 characters, so long names lose the replica-set suffix.) The server's own
+``version`` label is not used: two revisions may share a model version.
+
+The query window reaches back at least :data:`MIN_WINDOW_SCRAPES` scrape intervals
+(:func:`query_window`): ``increase()`` needs two samples inside its range and extrapolates from
+them, so a window of one scrape interval usually holds one sample and answers nothing.
 """
 from __future__ import annotations
 
@@ -282,23 +286,46 @@ def _promql_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def pod_regex(name: str, revision_hash: str) -> str:
-    """RE2 pattern for the pods of Deployment ``<name>-<hash>`` (replica-set and pod suffixes)."""
-    # names are DNS-1123 (letters, digits, '-', '.'): only the dot is special in a regex
-    return f"{_dots(name)}-{_dots(revision_hash)}-[a-z0-9]+-[a-z0-9]+"
+# Target labels that carry a pod's ModelDeployment and revision into its series, by pod label.
+# The ServiceMonitor template and the chart's PodMonitor write exactly these (see module docstring).
+INSTANCE_POD_LABEL = "app.kubernetes.io/instance"
+REVISION_POD_LABEL = "modelship.dev/revision"
+SERIES_LABELS = {INSTANCE_POD_LABEL: "modeldeployment", REVISION_POD_LABEL: "revision"}
+MIN_WINDOW_SCRAPES = 4
 
 
-def _dots(value: str) -> str:
-    return re.escape(value) if re.fullmatch(r"[a-z0-9.-]*", value) is None else value.replace(".", r"\.")
+def meta_label(pod_label: str) -> str:
+    """The Prometheus Kubernetes service-discovery label that holds a pod label's value."""
+    return "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", pod_label)
+
+
+def series_relabelings() -> tuple[tuple[str, str], ...]:
+    """(source meta label, target label) pairs a scrape config needs for :func:`promql_queries`."""
+    return tuple((meta_label(pod_label), target) for pod_label, target in SERIES_LABELS.items())
+
+
+def query_window(since_last_s: float, interval_s: float, scrape_interval_s: float) -> float:
+    """Seconds the PromQL window of one analysis reaches back: the time since the last counted
+    window, never less than ``analysis.interval`` nor :data:`MIN_WINDOW_SCRAPES` scrape intervals."""
+    return max(since_last_s, interval_s, MIN_WINDOW_SCRAPES * scrape_interval_s)
+
+
+def series_selector(namespace: str, name: str, revision_hash: str) -> str:
+    """The label matchers of one revision's series."""
+    return ",".join([
+        f"namespace={_promql_string(namespace)}",
+        f"{SERIES_LABELS[INSTANCE_POD_LABEL]}={_promql_string(name)}",
+        f"{SERIES_LABELS[REVISION_POD_LABEL]}={_promql_string(revision_hash)}",
+    ])
 
 
 def promql_queries(namespace: str, name: str, revision_hash: str, window_seconds: float) -> dict[str, str]:
-    """Queries for one revision over the last ``window_seconds`` (keep it >= 4 scrape intervals).
+    """Queries for one revision over the last ``window_seconds`` (see :func:`query_window`).
 
     ``increase()`` of a series that appears inside the window misses its first value, so the
     very first requests of a new status code can be undercounted by up to one scrape interval.
     """
-    selector = f"namespace={_promql_string(namespace)},pod=~{_promql_string(pod_regex(name, revision_hash))}"
+    selector = series_selector(namespace, name, revision_hash)
     window = f"{max(1, int(math.ceil(window_seconds)))}s"
     return {
         REQUESTS_QUERY: f"sum by ({CODE_LABEL}) (increase({_REQUESTS_TOTAL}{{{selector}}}[{window}]))",

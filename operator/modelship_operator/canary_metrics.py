@@ -26,12 +26,12 @@ from typing import Any, Protocol
 
 from . import analysis as a
 from .metrics_source import ScrapeError, query_prometheus, scrape
-from .planning import INSTANCE_LABEL, REVISION_LABEL
+from .planning.children import INSTANCE_LABEL, METRICS_PATH, METRICS_PORT_NAME, REVISION_LABEL, SERVER_PORT
 
 log = logging.getLogger(__name__)
 
-PORT_NAME = "http"
-DEFAULT_PORT = 8080  # the server's port when a pod spec names none
+PORT_NAME = METRICS_PORT_NAME
+DEFAULT_PORT = SERVER_PORT  # the server's port when a pod spec names none
 SCRAPE_TIMEOUT_S = 5.0
 MAX_REASONS = 3  # unreachable pods named in a verdict; the rest counted
 
@@ -44,8 +44,8 @@ class PodLister(Protocol):
 def metrics_url(pod: Mapping[str, Any]) -> str | None:
     """`http://<podIP>:<port>/metrics` of a running pod, None while it has no IP or is going away.
 
-    The port is the container port named `http` (what the Deployment template declares), so a
-    changed port in the template is followed without a setting.
+    The port is the container port named `METRICS_PORT_NAME` (what the Deployment template
+    declares), so a changed port in the template is followed without a setting.
     """
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
@@ -59,7 +59,7 @@ def metrics_url(pod: Mapping[str, Any]) -> str | None:
             port = int(named[0]["containerPort"])
             break
     host = f"[{ip}]" if ":" in ip else ip
-    return f"http://{host}:{port}/metrics"
+    return f"http://{host}:{port}{METRICS_PATH}"
 
 
 async def pod_urls(kube: PodLister, namespace: str, name: str, revision: str) -> dict[str, str]:

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from . import canary_metrics
-from .analysis import Verdict
+from .analysis import Verdict, query_window
 from .kube import KubeError, PermanentError
 from .planning import (APPLIED_HASH, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, AnalysisResult,
                        DeploymentState, Event, Observed, Plan, analysis_due, failed_status, parse_time, plan)
@@ -207,7 +207,8 @@ async def _measure(kube: KubeAPI, md: ModelDeployment, settings: Settings, now: 
         started = parse_time((canary.get("analysis") or {}).get("lastTime"))
         window = (now - started).total_seconds() if started else limits.interval_seconds
         verdict = await canary_metrics.measure_prometheus(
-            settings.prometheus_url, limits, window_s=max(window, limits.interval_seconds), **common)
+            settings.prometheus_url, limits, **common,
+            window_s=query_window(window, limits.interval_seconds, settings.prometheus_scrape_interval))
     else:
         try:
             verdict = await canary_metrics.measure_scrape(kube, memory, limits, uid=str(md.uid), **common)

@@ -22,6 +22,9 @@ class Settings:
     log_format: str = "json"  # json | text
     resync_seconds: float = 60.0
     prometheus_url: str | None = None
+    # How often Prometheus scrapes the model pods (the ServiceMonitor's interval); PromQL analysis
+    # windows reach back at least four of these (analysis.query_window).
+    prometheus_scrape_interval: float = 30.0
     field_manager: str = "modelship-operator"
     cluster_domain: str = "cluster.local"  # "" = short service URLs (<name>.<ns>.svc)
 
@@ -77,6 +80,15 @@ class Settings:
                 raise ValueError(f"MODELSHIP_PROMETHEUS_URL must be an http(s):// URL, got {prometheus_url!r}")
             prometheus_url = prometheus_url.rstrip("/")
 
+        scrape_interval = d.prometheus_scrape_interval
+        raw_scrape = get("PROMETHEUS_SCRAPE_INTERVAL")
+        if raw_scrape:
+            m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m)?", raw_scrape)
+            scrape_interval = float(m.group(1)) * {"ms": 0.001, "m": 60.0}.get(m.group(2) or "s", 1.0) if m else 0.0
+            if scrape_interval < 1:
+                raise ValueError(f"MODELSHIP_PROMETHEUS_SCRAPE_INTERVAL must be a duration of at least 1s "
+                                 f"such as 30s or 1m, got {raw_scrape!r}")
+
         field_manager = get("FIELD_MANAGER") or d.field_manager
         if len(field_manager) > 128 or any(c.isspace() for c in field_manager):
             raise ValueError(f"MODELSHIP_FIELD_MANAGER must be a short name without spaces, got {field_manager!r}")
@@ -95,6 +107,7 @@ class Settings:
             log_format=log_format,
             resync_seconds=resync_seconds,
             prometheus_url=prometheus_url,
+            prometheus_scrape_interval=scrape_interval,
             field_manager=field_manager,
             cluster_domain=cluster_domain,
         )

@@ -153,13 +153,36 @@ def test_verdict_reports_stable_alongside_and_status_shape() -> None:
     }
 
 
-def test_promql_queries_select_one_revision_by_pod_name() -> None:
-    q = a.promql_queries("ml", "fraud.v2", "0123abcdef", 60)
-    sel = 'namespace="ml",pod=~"fraud\\\\.v2-0123abcdef-[a-z0-9]+-[a-z0-9]+"'
-    assert q[a.REQUESTS_QUERY] == f"sum by (code) (increase(modelship_requests_total{{{sel}}}[60s]))"
+def test_promql_queries_select_one_revision_by_the_labels_the_operator_controls() -> None:
+    # a name long enough that Kubernetes cuts the generated pod names: no pod-name pattern
+    name = "fraud-detector-transactions-eu-west"
+    q = a.promql_queries("ml", name, "0123abcdef", 120)
+    sel = f'namespace="ml",modeldeployment="{name}",revision="0123abcdef"'
+    assert q[a.REQUESTS_QUERY] == f"sum by (code) (increase(modelship_requests_total{{{sel}}}[120s]))"
     assert q[a.P99_QUERY] == (
-        f"histogram_quantile(0.99, sum by (le) (rate(modelship_request_duration_seconds_bucket{{{sel}}}[60s])))"
+        f"histogram_quantile(0.99, sum by (le) (rate(modelship_request_duration_seconds_bucket{{{sel}}}[120s])))"
     )
+    assert "pod" not in q[a.REQUESTS_QUERY]
+    # quotes and backslashes in a value stay inside the string
+    assert 'namespace="a\\"b"' in a.series_selector('a"b', "x", "y")
+
+
+def test_series_relabelings_copy_the_pod_labels() -> None:
+    assert a.series_relabelings() == (
+        ("__meta_kubernetes_pod_label_app_kubernetes_io_instance", "modeldeployment"),
+        ("__meta_kubernetes_pod_label_modelship_dev_revision", "revision"),
+    )
+
+
+@pytest.mark.parametrize(("since", "interval", "scrape", "expected"), [
+    (30, 30, 30, 120),  # a 30 s window over 30 s scrapes holds one sample: four intervals instead
+    (30, 30, 15, 60),
+    (300, 30, 30, 300),  # a late window covers everything since the last one
+    (10, 180, 30, 180),
+])
+def test_query_window_holds_at_least_four_scrapes(since: float, interval: float, scrape: float,
+                                                  expected: float) -> None:
+    assert a.query_window(since, interval, scrape) == expected
 
 
 def test_measurement_from_prometheus_answers() -> None:

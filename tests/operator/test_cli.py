@@ -217,6 +217,7 @@ def test_settings_defaults_and_environment() -> None:
         "MODELSHIP_LOG_FORMAT": "TEXT",
         "MODELSHIP_RESYNC_SECONDS": "15.5",
         "MODELSHIP_PROMETHEUS_URL": "http://prometheus.monitoring:9090/",
+        "MODELSHIP_PROMETHEUS_SCRAPE_INTERVAL": "1m",
         "MODELSHIP_FIELD_MANAGER": "my-manager",
         "MODELSHIP_CLUSTER_DOMAIN": "",
     })
@@ -227,6 +228,7 @@ def test_settings_defaults_and_environment() -> None:
         log_format="text",
         resync_seconds=15.5,
         prometheus_url="http://prometheus.monitoring:9090",
+        prometheus_scrape_interval=60.0,
         field_manager="my-manager",
         cluster_domain="",
     )
@@ -242,6 +244,9 @@ def test_settings_defaults_and_environment() -> None:
         ("MODELSHIP_NAMESPACES", "ml,Bad_NS"),
         ("MODELSHIP_GPU_LABEL_KEY", "not a key"),
         ("MODELSHIP_PROMETHEUS_URL", "prometheus:9090"),
+        ("MODELSHIP_PROMETHEUS_SCRAPE_INTERVAL", "often"),
+        ("MODELSHIP_PROMETHEUS_SCRAPE_INTERVAL", "500ms"),
+        ("MODELSHIP_PROMETHEUS_SCRAPE_INTERVAL", "1h"),
         ("MODELSHIP_SERVER_IMAGE", "an image"),
         ("MODELSHIP_CLUSTER_DOMAIN", "bad_domain"),
     ],

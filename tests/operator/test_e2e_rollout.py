@@ -41,11 +41,13 @@ from modelship_operator.cli import main as cli_main
 from modelship_operator.kube import Kube
 from modelship_operator.planning import PROMOTE_ANNOTATION
 from test_e2e import MD, Env, free_port, install_crd
-from test_metrics_source import PROMETHEUS, _features, _start_server, _stop, _wait_for, flaky_model_dir  # noqa: F401
+from test_metrics_source import (PROMETHEUS, _features, _start_server, _stop, _wait_for, flaky_model_dir,  # noqa: F401
+                                 generated_pod_name, pod_target_labels, servicemonitor_relabel_configs)
 
 pytestmark = pytest.mark.cluster
 
 NAME = "digits"
+MANAGED = "app.kubernetes.io/managed-by=modelship-operator"
 STEPS = [{"setWeight": 20}, {"pause": {"duration": "2s"}}, {"setWeight": 50}, {"pause": {}}, {"setWeight": 100}]
 ANALYSIS = {"interval": "1s", "maxErrorRate": 0.05, "minRequests": 5, "failureLimit": 2}
 INSTANCE = "app.kubernetes.io/instance"
@@ -60,8 +62,10 @@ TRAFFIC_CAP = 20000  # requests in all, whatever happens
 class PodController:
     """What the Deployment controller and the kubelet would do, inside the API server double.
 
-    With `sd_path` set it also writes Prometheus file-based service discovery: one target per
-    pod, labelled `namespace` and `pod` as the kubernetes-pods job would label it.
+    Pods are named as Kubernetes names them (cut to 63 characters). With `sd_path` set it also
+    writes Prometheus file-based service discovery: one target per pod with the labels Kubernetes
+    service discovery gives it (namespace, pod name, pod labels), which the scrape config
+    relabels as the operator's ServiceMonitor does.
     """
 
     def __init__(self, double: ApiServerDouble, namespace: str, ports: dict[str, int]) -> None:
@@ -95,8 +99,8 @@ class PodController:
         """One pass: pods follow their Deployments; Deployments report what their pods are."""
         store = self.double.store
         pod_type, dep_type = store.type_for("v1", "Pod"), store.type_for("apps/v1", "Deployment")
-        deps = store.list(dep_type, namespace, f"{INSTANCE}={NAME}")
-        pods = store.list(pod_type, namespace, f"{INSTANCE}={NAME}")
+        deps = store.list(dep_type, namespace, MANAGED)
+        pods = store.list(pod_type, namespace, MANAGED)
         by_owner: dict[str, list[dict]] = {}
         for pod in pods:
             by_owner.setdefault(pod["metadata"]["labels"].get("owner-deployment", ""), []).append(pod)
@@ -117,8 +121,10 @@ class PodController:
         for orphans in by_owner.values():  # their Deployment is gone
             for pod in orphans:
                 store.delete(pod_type, namespace, pod["metadata"]["name"])
-        return [{"targets": [f"127.0.0.1:{self._port(p)}"], "labels": {"namespace": namespace, "pod": p["metadata"]["name"]}}
-                for p in store.list(pod_type, namespace, f"{INSTANCE}={NAME}")]
+        return [{"targets": [f"127.0.0.1:{self._port(p)}"],
+                 "labels": pod_target_labels(namespace, p["metadata"]["name"],
+                                             {k: v for k, v in p["metadata"]["labels"].items() if k != "owner-deployment"})}
+                for p in store.list(pod_type, namespace, MANAGED)]
 
     @staticmethod
     def _port(pod: dict) -> int:
@@ -129,7 +135,8 @@ class PodController:
         labels = {**template["metadata"]["labels"], "owner-deployment": deployment}
         ports = [dict(p, containerPort=port) if p.get("name") == "http" else p for p in container.get("ports", [])]
         pod = store.create(store.type_for("v1", "Pod"), namespace, {
-            "metadata": {"name": f"{deployment}-rs-{next(self._names)}", "labels": labels},
+            "metadata": {"name": generated_pod_name(deployment, "6d4cf56db6", f"{next(self._names):05d}"),
+                         "labels": labels},
             "spec": {"containers": [{"name": container["name"], "image": container["image"], "ports": ports}]},
         })
         store.set_status(store.type_for("v1", "Pod"), namespace, pod["metadata"]["name"],
@@ -242,10 +249,11 @@ def _needs_pods(env: Env) -> None:
                     "(a kubelet, the image, CPU); the API server double's pod controller drives them here")
 
 
-def md_body(namespace: str, version: str, steps: list | None = None, analysis: dict | None = None) -> dict:
+def md_body(namespace: str, version: str, steps: list | None = None, analysis: dict | None = None,
+            name: str = NAME) -> dict:
     return {
         "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelDeployment",
-        "metadata": {"name": NAME, "namespace": namespace},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {"model": {"uri": "file:///models/digits/model.pt", "version": version, "format": "torchscript"},
                  "replicas": REPLICAS, "rollout": {"steps": steps or STEPS, "analysis": analysis or ANALYSIS,
                                                    "traffic": "replicas"}},
@@ -253,7 +261,7 @@ def md_body(namespace: str, version: str, steps: list | None = None, analysis: d
 
 
 async def _md(k: Kube, env: Env) -> dict:
-    return await k.get(*MD, env.namespace, NAME) or {}
+    return await k.get(*MD, env.namespace, env.shared.get("name", NAME)) or {}
 
 
 def _status(env: Env) -> dict:
@@ -266,7 +274,8 @@ async def _deployments(k: Kube, env: Env) -> dict[str, dict]:
 
 
 def _set_version(env: Env, version: str) -> None:
-    env.call(lambda k: k.patch(*MD, env.namespace, NAME, {"spec": {"model": {"version": version}}}))
+    name = env.shared.get("name", NAME)
+    env.call(lambda k: k.patch(*MD, env.namespace, name, {"spec": {"model": {"version": version}}}))
 
 
 def _events(env: Env) -> list[dict]:
@@ -439,9 +448,10 @@ def promql(rollout: Env) -> Iterator[Env]:
     work.mkdir()
     controller.sd_path = work / "pods.json"
     (work / "prometheus.yml").write_text(json.dumps({
-        "global": {"scrape_interval": "500ms", "scrape_timeout": "500ms", "evaluation_interval": "1s"},
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [{"job_name": "pods", "file_sd_configs": [
-            {"files": [str(controller.sd_path)], "refresh_interval": "1s"}]}],
+            {"files": [str(controller.sd_path)], "refresh_interval": "1s"}],
+            "relabel_configs": servicemonitor_relabel_configs()}],
     }))
     port = free_port()
     with (work / "prometheus.log").open("wb") as log:
@@ -456,10 +466,12 @@ def promql(rollout: Env) -> Iterator[Env]:
         _wait_for(lambda: httpx.get(f"{base}/-/ready", timeout=1).status_code == 200, 30, "prometheus ready", proc)
         e.call(lambda k: k.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": e.namespace}}))
         controller.namespaces.append(e.namespace)
-        e.environ = dict(rollout.environ, MODELSHIP_NAMESPACES=e.namespace, MODELSHIP_PROMETHEUS_URL=base)
+        e.environ = dict(rollout.environ, MODELSHIP_NAMESPACES=e.namespace, MODELSHIP_PROMETHEUS_URL=base,
+                         MODELSHIP_PROMETHEUS_SCRAPE_INTERVAL="1s")
         e.start_operator()
         e.wait_live()
-        e.shared.update(prometheus=base)
+        # a long name: Kubernetes cuts the generated pod names, analysis must not depend on them
+        e.shared.update(prometheus=base, name=PROMQL_NAME)
         yield e
     finally:
         if e.process is not None and e.process.poll() is None:
@@ -471,11 +483,15 @@ def promql(rollout: Env) -> Iterator[Env]:
         _stop(proc)
 
 
+PROMQL_NAME = "digits-fraud-detector-card-transactions-eu-west"
+
+
 def test_promql_path_aborts_a_failing_canary(promql: Env) -> None:
     env = promql
-    # analysis windows of 3 s over 500 ms scrapes; one failed window aborts
+    # analysis every 3 s over 1 s scrapes (windows of at least 4 s); one failed window aborts
     analysis = {**ANALYSIS, "interval": "3s", "failureLimit": 1}
-    env.call(lambda k: k.create(md_body(env.namespace, "1.0.0", [{"setWeight": 50}, {"pause": {}}], analysis)))
+    env.call(lambda k: k.create(md_body(env.namespace, "1.0.0", [{"setWeight": 50}, {"pause": {}}], analysis,
+                                        name=PROMQL_NAME)))
     env.eventually(lambda k: _healthy_stable(k, env), "the first revision stable", timeout=30)
     _set_version(env, "3.0.0")
 
@@ -491,7 +507,10 @@ def test_promql_path_aborts_a_failing_canary(promql: Env) -> None:
     canary = status["canary"]["hash"]
     series = httpx.get(f"{env.shared['prometheus']}/api/v1/series",
                        params={"match[]": f'modelship_requests_total{{namespace="{env.namespace}"}}'}, timeout=5).json()
-    assert any(s["pod"].startswith(f"{NAME}-{canary}-") for s in series["data"])
+    mine = [s for s in series["data"] if s.get("modeldeployment") == PROMQL_NAME and s.get("revision") == canary]
+    assert mine, series["data"][:3]
+    # ... whose pod names Kubernetes cut: no replica-set suffix left for a pod-name pattern
+    assert all(len(s["pod"]) == 63 and "6d4cf56db6" not in s["pod"] for s in mine), [s["pod"] for s in mine]
     # the operator never listed pods to scrape them (the scrape path would have)
     assert not [path for method, path in list(env.double.requests)
                 if method == "GET" and path.startswith(f"/api/v1/namespaces/{env.namespace}/pods")]

@@ -29,7 +29,9 @@ from modelship_operator.metrics_source import ScrapeError, query_prometheus, scr
 from modelship_operator.spec import AnalysisSpec
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-NAMESPACE, NAME = "ml", "fraud"
+# A long name, as real ones are: Kubernetes cuts generated pod names at 63 characters, so the
+# pods of this ModelDeployment have no replica-set suffix left to match a pod-name pattern by.
+NAMESPACE, NAME = "ml", "fraud-detector-card-transactions-eu-west-1-scorer"
 HEALTHY_HASH, FLAKY_HASH = "a1b2c3d4e5", "f6e5d4c3b2"
 # p99 limit generous on purpose: the CI machine's cores are shared; the flaky canary fails on errors
 LIMITS = AnalysisSpec(max_error_rate=0.01, max_latency_p99_ms=2000, min_requests=50)
@@ -199,16 +201,55 @@ def test_scrape_and_judge_passes_healthy_and_fails_flaky(servers: dict[str, Serv
     assert "error rate 20.00% above 1.00%" in bad.message and "stable: 120 requests, error rate 0.00%" in bad.message
 
 
+def generated_pod_name(deployment: str, replica_set_hash: str, suffix: str) -> str:
+    """A Deployment's pod name as Kubernetes generates it: the ReplicaSet `<deployment>-<hash>`
+    plus "-" is the generateName, cut to 58 characters, then 5 random characters."""
+    return f"{deployment}-{replica_set_hash}-"[:58] + suffix
+
+
+def pod_target_labels(namespace: str, pod: str, pod_labels: dict[str, str]) -> dict[str, str]:
+    """The labels Kubernetes service discovery gives the target of one pod (the part we use)."""
+    labels = {"__meta_kubernetes_namespace": namespace, "__meta_kubernetes_pod_name": pod}
+    labels.update({a.meta_label(k): v for k, v in pod_labels.items()})
+    return labels
+
+
+def servicemonitor_relabel_configs() -> list[dict]:
+    """The relabel_configs the Prometheus Operator generates for the ServiceMonitor the operator
+    renders: `namespace` and `pod` from discovery, then the endpoint's own relabelings."""
+    from datetime import datetime, timezone
+
+    from modelship_operator.planning import Observed, plan
+    from modelship_operator.render import render
+    from modelship_operator.settings import Settings
+    from modelship_operator.spec import ModelDeployment
+
+    body = {"apiVersion": "modelship.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": NAME, "namespace": NAMESPACE},
+            "spec": {"model": {"uri": "file:///models/m.pt", "version": "1"}}}
+    desired = plan(ModelDeployment.from_body(body), Observed(servicemonitor_served=True), Settings(),
+                   datetime.now(timezone.utc))
+    (monitor,) = [m for m in render(desired) if m["kind"] == "ServiceMonitor"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    configs = [{"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+               {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"}]
+    return configs + [{"source_labels": r["sourceLabels"], "target_label": r["targetLabel"],
+                       "action": r.get("action", "replace")} for r in endpoint["relabelings"]]
+
+
 def _prometheus_config(path: Path, targets: dict[str, Server]) -> None:
-    pods = {"healthy": f"{NAME}-{HEALTHY_HASH}-7d9f8c6b5d-x2x4q", "flaky": f"{NAME}-{FLAKY_HASH}-5c4b7f9d8-q8w2z"}
-    static = [
-        {"targets": [f"127.0.0.1:{s.port}"], "labels": {"namespace": NAMESPACE, "pod": pods[role]}}
-        for role, s in targets.items()
-    ]
-    # the same target labels the kubernetes-pods job / a ServiceMonitor attach in a cluster
+    hashes = {"healthy": HEALTHY_HASH, "flaky": FLAKY_HASH}
+    static = []
+    for role, s in targets.items():
+        pod = generated_pod_name(f"{NAME}-{hashes[role]}", "7d9f8c6b5d", "x2x4q")
+        assert len(pod) == 63 and not pod.startswith(f"{NAME}-{hashes[role]}-7d9f8c6b5d-")
+        pod_labels = {"app.kubernetes.io/instance": NAME, "modelship.dev/revision": hashes[role]}
+        static.append({"targets": [f"127.0.0.1:{s.port}"], "labels": pod_target_labels(NAMESPACE, pod, pod_labels)})
+    # the target labels a ServiceMonitor of the operator attaches in a cluster
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "modelship", "static_configs": static}],
+        "scrape_configs": [{"job_name": "modelship", "static_configs": static,
+                            "relabel_configs": servicemonitor_relabel_configs()}],
     }
     path.write_text(json.dumps(config))  # JSON is YAML
 
@@ -258,8 +299,8 @@ def test_promql_path_through_real_prometheus(servers: dict[str, Server], prometh
     }
 
     def caught_up() -> bool:
-        seen = {r["metric"]["pod"].split("-")[1]: float(r["value"][1])
-                for r in _instant(prometheus, "sum by (pod) (modelship_requests_total)")}
+        seen = {r["metric"]["revision"]: float(r["value"][1])
+                for r in _instant(prometheus, "sum by (revision) (modelship_requests_total)")}
         return all(seen.get(h) == total for h, total in expected.items())
 
     _wait_for(caught_up, 20, "prometheus to scrape the traffic")

@@ -287,12 +287,15 @@ def test_prometheus_address_selects_the_promql_path(servers: dict[str, MetricsSe
         analysis = r.md("digits")["status"]["canary"]["analysis"]
         assert analysis["verdict"] == "Fail" and analysis["requests"] == 200
         assert analysis["errorRate"] == pytest.approx(0.1) and analysis["latencyP99Ms"] == pytest.approx(120.0)
-        # canary and stable, two queries each, selected by namespace and the revision's pod names
+        # canary and stable, two queries each, selected by the labels the operator controls (the
+        # ServiceMonitor copies them from the pods), never by pod name; over four scrape intervals
         canary_hash, stable_hash = status["canary"]["hash"], status["stable"]["hash"]
         assert len(prometheus.queries) == 4
-        assert any(f'pod=~"digits-{canary_hash}-[a-z0-9]+-[a-z0-9]+"' in q for q in prometheus.queries)
-        assert any(f'pod=~"digits-{stable_hash}-[a-z0-9]+-[a-z0-9]+"' in q for q in prometheus.queries)
-        assert all(f'namespace="{NS}"' in q for q in prometheus.queries)
+        for revision in (canary_hash, stable_hash):
+            assert any(f'namespace="{NS}",modeldeployment="digits",revision="{revision}"' in q
+                       for q in prometheus.queries)
+        assert not any("pod" in q for q in prometheus.queries)
+        assert all("[120s]" in q for q in prometheus.queries)  # 4 x the default 30 s scrape > interval
         assert servers["canary"].hits + servers["stable"].hits == hits == 0  # no pod was scraped
     finally:
         prometheus.close()

@@ -14,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from modelship_operator import analysis
 from modelship_operator.planning import DeploymentState, Observed, plan
 from modelship_operator.render import APPLIED_HASH, applied_hash, render, to_yaml
 from modelship_operator.schema import validate as validate_crd
@@ -178,13 +179,55 @@ def test_no_feedback_means_no_peers_service() -> None:
 
 
 def test_the_service_monitor_scrapes_each_pod_through_one_service_only() -> None:
-    """The peers Service (and, in gateway mode, the role Services) cover the same pods as
-    `<name>`; the ServiceMonitor must select `<name>` alone or every pod is scraped twice."""
-    for case in ("autoscaling", "canary-gateway"):
+    """Every server pod is scraped exactly once: through `<name>` in replicas mode, through its
+    role Service in gateway mode (where `<name>` selects the stable alone); never through the
+    headless `<name>-peers` too (each pod would be counted twice)."""
+    for case in ("autoscaling", "canary-replicas", "canary-gateway"):
         manifests = _render_case(case, servicemonitor_served=True)
         (monitor,) = [m for m in manifests if m["kind"] == "ServiceMonitor"]
-        services = [m for m in manifests if m["kind"] == "Service"]
-        assert len(services) >= 2
-        selected = [s["metadata"]["name"] for s in services
-                    if _selects(monitor["spec"]["selector"], s["metadata"]["labels"])]
-        assert selected == [monitor["metadata"]["name"]]
+        scraped = [m for m in manifests
+                   if m["kind"] == "Service" and _selects(monitor["spec"]["selector"], m["metadata"]["labels"])]
+        pods = [d["spec"]["template"]["metadata"]["labels"] for d in manifests if d["kind"] == "Deployment"]
+        assert len(pods) >= (2 if case.startswith("canary") else 1)
+        for labels in pods:
+            through = [s["metadata"]["name"] for s in scraped if _selects(s["spec"]["selector"], labels)]
+            assert len(through) == 1, (case, labels, through)
+
+
+def test_the_service_monitor_labels_series_with_what_the_analysis_selects_by() -> None:
+    """The PromQL analysis selects a revision's series by `modeldeployment` and `revision`
+    (analysis.SERIES_LABELS); the ServiceMonitor copies them from the pod labels."""
+    manifests = _render_case("canary-gateway", servicemonitor_served=True)
+    (monitor,) = [m for m in manifests if m["kind"] == "ServiceMonitor"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    relabel = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
+    assert relabel == {"modeldeployment": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+                       "revision": ["__meta_kubernetes_pod_label_modelship_dev_revision"]}
+    assert set(analysis.SERIES_LABELS.values()) == set(relabel)
+    for deployment in (m for m in manifests if m["kind"] == "Deployment"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert set(analysis.SERIES_LABELS) <= set(labels)  # the pods carry what is copied
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert endpoint["port"] in [p["name"] for p in container["ports"]]
+    # the interval follows the operator's setting (the query windows are sized from it)
+    body = yaml.safe_load((GOLDEN / "autoscaling" / "input.yaml").read_text())
+    desired = plan(ModelDeployment.from_body(body), Observed(servicemonitor_served=True),
+                   Settings(prometheus_scrape_interval=15.0), NOW)
+    (monitor,) = [m for m in render(desired) if m["kind"] == "ServiceMonitor"]
+    assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
+
+
+def test_the_name_service_does_not_bypass_the_gateway_weights() -> None:
+    """Gateway mode: `<name>` (status.url) selects the stable revision only; the canary gets
+    traffic through the HTTPRoute's weighted backendRefs alone."""
+    manifests = _render_case("canary-gateway")
+    pods = {d["metadata"]["labels"]["modelship.dev/role"]: d["spec"]["template"]["metadata"]["labels"]
+            for d in manifests if d["kind"] == "Deployment"}
+    (service,) = [m for m in manifests if m["kind"] == "Service" and m["metadata"]["name"] == "fraud"]
+    assert _selects(service["spec"]["selector"], pods["stable"])
+    assert not _selects(service["spec"]["selector"], pods["canary"])
+    # replicas mode: one Service over every revision (the replica split is the weight)
+    manifests = _render_case("canary-replicas")
+    (service,) = [m for m in manifests if m["kind"] == "Service" and m["metadata"]["name"] == "fraud"]
+    assert all(_selects(service["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
+               for d in manifests if d["kind"] == "Deployment")

@@ -13,6 +13,10 @@ REVISION_LABEL = "modelship.dev/revision"
 APPLIED_HASH = "modelship.dev/applied-hash"  # on every child: reconcile skips unchanged applies
 ROLE_LABEL = "modelship.dev/role"
 SERVER_PORT = 8080
+# The container port Prometheus and the operator's analysis read /metrics from (by name): the
+# Deployment template declares it, the ServiceMonitor and canary_metrics use it.
+METRICS_PORT_NAME = "http"
+METRICS_PATH = "/metrics"
 
 
 def common_labels(name: str) -> dict[str, str]:

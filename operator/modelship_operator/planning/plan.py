@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
 
+from ..analysis import series_relabelings
 from ..settings import Settings
 from ..spec import AnalysisSpec, ModelDeployment
-from .children import SERVER_PORT, common_labels, owner_reference, peers_service, selector_labels
+from .children import (METRICS_PATH, METRICS_PORT_NAME, SERVER_PORT, common_labels, owner_reference, peers_service,
+                       selector_labels)
 from .events import Event, spec_warnings, transition_events
 from .health import assess, canary_health, deployment_failure
 from .observed import DeploymentState, Observed
@@ -26,7 +28,7 @@ from .rollout import (ACTION_ANNOTATIONS, Outcome, Progress, advance, analysis_w
                       requested_weight)
 from .scaling import AutoscalingPlan, autoscaling_plan, desired_replicas, wants_pdb
 from .status import assemble_status, canary_status, revision_status
-from .traffic import RoutePlan, route_plan, scale_plan, split_replicas, traffic_mode
+from .traffic import RoutePlan, route_plan, scale_plan, service_selector, split_replicas, traffic_mode
 from .values import as_int, aware, previous_status, timestamp
 
 
@@ -61,6 +63,16 @@ class Plan:
     # The headless Service `<name>-peers` over the pods of every revision, whose DNS name is
     # MODELSHIP_FEEDBACK_PEERS; None when no revision keeps predictions for feedback.
     peers_service: str | None = None
+    # The Service `<name>` (status.url) selects these pods: every revision in replicas mode, the
+    # stable alone in gateway mode (the HTTPRoute's weights decide what the canary gets).
+    service_selector: Mapping = field(default_factory=dict)
+    # Prometheus: the pods' metrics port (by name) and path, how often to scrape, and the
+    # relabelings (source meta label, target label) that copy the labels the PromQL analysis
+    # selects by into every series (analysis.SERIES_LABELS).
+    metrics_port_name: str = METRICS_PORT_NAME
+    metrics_path: str = METRICS_PATH
+    scrape_interval: str = "30s"
+    series_relabelings: tuple[tuple[str, str], ...] = ()
 
     def revision(self, role: str) -> RevisionPlan | None:
         return next((r for r in self.revisions if r.role == role), None)
@@ -82,9 +94,10 @@ def plan(md: ModelDeployment, observed: Observed, settings: Settings, now: datet
     return _single_plan(md, observed, settings, now, hash_)
 
 
-def _base_plan(md: ModelDeployment, observed: Observed, **fields: Any) -> Plan:
+def _base_plan(md: ModelDeployment, observed: Observed, settings: Settings, **fields: Any) -> Plan:
     scaling = autoscaling_plan(md)
     revisions: tuple[RevisionPlan, ...] = fields.pop("revisions")
+    stable = next(r for r in revisions if r.role == "stable")
     return Plan(
         name=md.name,
         namespace=md.namespace,
@@ -97,6 +110,9 @@ def _base_plan(md: ModelDeployment, observed: Observed, **fields: Any) -> Plan:
         pdb=wants_pdb(tuple(r.replicas for r in revisions), scaling),
         service_monitor=observed.servicemonitor_served,
         peers_service=peers_service(md.name) if any(r.feedback for r in revisions) else None,
+        service_selector=service_selector(selector_labels(md.name), fields.get("traffic_mode", "replicas"), stable.hash),
+        scrape_interval=f"{settings.prometheus_scrape_interval:g}s",
+        series_relabelings=series_relabelings(),
         **fields,
     )
 
@@ -106,7 +122,7 @@ def _single_plan(md: ModelDeployment, observed: Observed, settings: Settings, no
     direct replacement of a stable that serves nothing."""
     previous = previous_status(md)
     stamp = timestamp(now)
-    mode = traffic_mode(md, observed)
+    mode = traffic_mode(md, observed, previous)
     rev = revision_plan(md, settings, hash_, revision_number(hash_, previous), "stable", desired_replicas(md))
     state = next((d for d in observed.deployments if d.revision == hash_), None)
     canary_before = previous.get("canary") or {}
@@ -145,7 +161,7 @@ def _single_plan(md: ModelDeployment, observed: Observed, settings: Settings, no
     )
     warnings = spec_warnings(rev, autoscaling_plan(md), md, mode)
     return _base_plan(
-        md, observed,
+        md, observed, settings,
         revisions=(rev,),
         retain=tuple(d.name for d in kept),
         status=status,
@@ -167,7 +183,7 @@ def _canary_plan(
     """A stable revision plus the spec's revision as the canary, walking rollout.steps."""
     previous = previous_status(md)
     stamp = timestamp(now)
-    mode = traffic_mode(md, observed)
+    mode = traffic_mode(md, observed, previous, rollout=(previous.get("canary") or {}).get("hash") == hash_)
     total = desired_replicas(md)
     steps = md.spec.rollout.steps
     limits = md.spec.rollout.analysis
@@ -260,7 +276,7 @@ def _canary_plan(
     warnings = spec_warnings(canary_rev, autoscaling_plan(md), md, mode)
     # Gateway mode: the canary backend and the mirror only once canary pods are ready.
     return _base_plan(
-        md, observed,
+        md, observed, settings,
         revisions=(stable_rev, canary_rev),
         retain=(),
         status=status,
@@ -289,7 +305,7 @@ def _promoted_plan(
     """The canary carries everything and is ready: it becomes the stable, the old stable goes."""
     previous = previous_status(md)
     stamp = timestamp(now)
-    mode = traffic_mode(md, observed)
+    mode = traffic_mode(md, observed, previous, rollout=True)
     stable_before = previous.get("stable") or {}
     rev = revision_plan(md, settings, hash_, number, "stable", desired_replicas(md))
     # Back to a revision that was stable before: the one it replaces was rolled back.
@@ -307,7 +323,7 @@ def _promoted_plan(
         counted=[state], mode=mode,
     )
     return _base_plan(
-        md, observed,
+        md, observed, settings,
         revisions=(rev,),
         retain=(),
         status=status,

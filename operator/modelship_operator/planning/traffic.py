@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ..spec import ModelDeployment
+from .children import REVISION_LABEL
 from .observed import Observed
 from .pods import RevisionPlan
 
@@ -133,12 +134,43 @@ class RoutePlan:
     mirror_percent: int | None = None
 
 
-def traffic_mode(md: ModelDeployment, observed: Observed) -> str:
-    """gateway needs rollout.gateway and a served HTTPRoute CRD; anything else splits replicas."""
+MODES = ("replicas", "gateway")
+
+
+def wants_gateway(md: ModelDeployment) -> bool:
+    """The spec asks for gateway mode (explicitly, or `auto` with a gateway to attach to)."""
     rollout = md.spec.rollout
-    if rollout.gateway is not None and rollout.traffic in ("auto", "gateway") and observed.httproute_served:
-        return "gateway"
-    return "replicas"
+    return rollout.gateway is not None and rollout.traffic in ("auto", "gateway")
+
+
+def traffic_mode(md: ModelDeployment, observed: Observed, previous: Mapping | None = None,
+                 rollout: bool = False) -> str:
+    """How traffic is split: `gateway` (HTTPRoute + role Services) or `replicas`.
+
+    * The spec decides first: no `rollout.gateway`, or `traffic: replicas`, is replicas mode.
+    * During a rollout (`rollout`: the canary in `previous` status continues) the mode in
+      `previous.trafficMode` holds for the life of the rollout: discovery cannot flip it (one
+      wrong "HTTPRoute not served" answer would prune the role Services the live HTTPRoute sends
+      traffic to), and a Gateway API installed meanwhile waits for the next rollout.
+    * Otherwise gateway mode needs the HTTPRoute CRD to be served, and once an object is in
+      gateway mode it stays there while the spec asks for it (a fall-back would break the routes
+      in use); only an object that never used gateway mode falls back to replicas.
+    """
+    if not wants_gateway(md):
+        return "replicas"
+    recorded = (previous or {}).get("trafficMode")
+    if rollout and recorded in MODES:
+        return recorded
+    return "gateway" if observed.httproute_served or recorded == "gateway" else "replicas"
+
+
+def service_selector(selector: Mapping[str, str], mode: str, stable_hash: str) -> dict[str, str]:
+    """Pods of the Service `<name>` (status.url): every revision in replicas mode (the replica
+    split is the weight); only the stable revision in gateway mode, so that clients of the
+    Service never bypass the HTTPRoute's weights (they see the canary only once it is promoted)."""
+    if mode == "gateway":
+        return {**selector, REVISION_LABEL: stable_hash}
+    return dict(selector)
 
 
 def role_service(name: str, role: str) -> str:
