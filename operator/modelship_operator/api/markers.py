@@ -15,7 +15,7 @@ it into the OpenAPI schema, and pydantic enforces it when a body is parsed.
 """
 from __future__ import annotations
 
-import copy
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,9 +34,14 @@ def re2_anchored(pattern: str) -> str:
     return pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith("\\$") else pattern
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(re2_anchored(pattern))
+
+
 def matches(text: str, pattern: str) -> bool:
     """CEL's / OpenAPI's `matches`: an unanchored RE2 search."""
-    return re.search(re2_anchored(pattern), text) is not None
+    return _compiled(pattern).search(text) is not None
 
 
 def _fail(kind: str, message: str) -> PydanticCustomError:
@@ -114,13 +119,11 @@ class Rule:
 
 
 class _PassThrough:
-    """A Kubernetes object kept as written (x-kubernetes-preserve-unknown-fields)."""
+    """A Kubernetes object kept as written (x-kubernetes-preserve-unknown-fields). Bodies are
+    parsed from JSON text, so the dict is already the parse's own (no copy needed)."""
 
     def openapi(self) -> dict[str, Any]:
         return {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-
-    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
-        return core_schema.no_info_after_validator_function(copy.deepcopy, handler(source))
 
 
 PassThrough = _PassThrough()
@@ -145,7 +148,7 @@ class Shaped:
 
         def keep_written(value: Any, validate: Any) -> Any:
             validate(value)
-            return copy.deepcopy(value)
+            return value  # parsed from JSON text: already the parse's own object
 
         return core_schema.no_info_wrap_validator_function(keep_written, inner)
 
