@@ -670,6 +670,11 @@ class AnalysisStatus:
     failures: Int32 = F("Failed checks so far in this rollout.", 0)
     successes: Int32 = F("Passed checks so far in this rollout.", 0)
     message: str | None = F("Human-readable explanation of the verdict.", None)
+    step_passed: Int32 = F("Passing windows measured during the current step (it needs minPassedWindows).", 0)
+    step_failed: Int32 = F("Failed windows measured during the current step.", 0)
+    step_inconclusive: Int32 = F("Inconclusive windows measured during the current step.", 0)
+    inconclusive_streak: Int32 = F("Inconclusive windows in a row (the rollout pauses at inconclusiveLimit).", 0)
+    restarts_at_start: Int32 | None = F("Canary container restarts counted when the current window started.", None)
 
 
 @status
@@ -692,6 +697,18 @@ class CanaryStatus:
     aborted: bool = F("True once the rollout was aborted (analysis failure or manual abort).", False)
     abort_reason: str | None = F("Why the rollout was aborted.", None)
     analysis: AnalysisStatus | None = F(AnalysisStatus.__doc__ or "", None)
+    hold_reason: str | None = F("Why the current step does not advance yet (pods not ready, windows still "
+                                "needed, a pause, a manual gate).", None)
+    held_reason: str | None = F("Why the rollout paused itself (inconclusiveLimit inconclusive windows in a row); "
+                                "a manual promote resumes it.", None)
+    restarts: Int32 = F("Container restarts of canary pods since the canary started (maxCanaryRestarts).", 0)
+    pod_restarts: dict[str, Int32] | None = F("restartCount of each live canary pod at the last look.", None)
+    unready_since: Annotated[str, OA(format="date-time")] | None = F(
+        "Since when fewer canary pods are Ready than the step needs (readyTimeout counts from here).", None)
+    actions: tuple[Annotated[str, OA(maxLength=1024, description="One action: annotation=value.")], ...] = F(
+        "Manual actions (annotation=value) acted on whose annotation is still present: not acted on again.", ())
+    seq: Int64 = F("Counts changes of the rollout state; the same state is recorded on the canary Deployment "
+                   "(annotation modelship.dev/rollout) and the newer of the two is used.", 0)
 
 
 @status
