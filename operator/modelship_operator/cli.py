@@ -31,6 +31,7 @@ from .api import validate as schema  # offline validation with the API server's 
 from .gitops import gitops_manager
 from .planning import (ABORT_ANNOTATION, PROMOTE_ANNOTATION, PROMOTE_FULL, PROMOTE_STEP, RETRY_ANNOTATION,
                        SHAPING_KEYS, Observed, plan)
+from .planning.traffic import wants_gateway
 from .render import render, to_yaml
 from .settings import Settings
 from .spec import API_VERSION, KIND, ModelDeployment, SpecError
@@ -65,10 +66,15 @@ def _load_documents(path: str, stdin: TextIO) -> list[Any]:
 
 
 def render_documents(
-    docs: Sequence[Any], settings: Settings, *, namespace: str | None = None, servicemonitor: bool = False
+    docs: Sequence[Any], settings: Settings, *, namespace: str | None = None, servicemonitor: bool = False,
+    gateway_api: bool | None = None, notes: list[str] | None = None,
 ) -> list[dict]:
     """Every manifest the operator would apply for these ModelDeployments (nothing observed yet).
 
+    `gateway_api`: whether the cluster serves the Gateway API's HTTPRoute; None assumes it does
+    for each spec that asks for gateway mode (what the operator applies on such a cluster). A
+    spec that asks for gateway mode rendered without it falls back to replicas mode, as the
+    operator does there, and `notes` says so.
     Raises CliError (exit 2) naming the document and every problem when one is invalid.
     """
     manifests: list[dict] = []
@@ -89,7 +95,13 @@ def render_documents(
             md = ModelDeployment.from_body(body)
         except SpecError as exc:
             raise CliError(f"{where} is invalid: {exc}", EXIT_INVALID) from None
-        desired = plan(md, Observed(servicemonitor_served=servicemonitor), settings, datetime.now(timezone.utc))
+        served = wants_gateway(md) if gateway_api is None else gateway_api
+        observed = Observed(servicemonitor_served=servicemonitor, httproute_served=served)
+        desired = plan(md, observed, settings, datetime.now(timezone.utc))
+        if wants_gateway(md) and desired.traffic_mode != "gateway" and notes is not None:
+            notes.append(f"{where}: rollout.gateway is set but rendered without the Gateway API "
+                         "(--no-gateway-api): the operator splits traffic by replicas on such a cluster, "
+                         "with no HTTPRoute and no per-role Services")
         manifests.extend(render(desired))
     return manifests
 
@@ -97,7 +109,11 @@ def render_documents(
 def cmd_render(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, stdin: TextIO) -> int:
     settings = _settings(env)
     docs = _load_documents(args.filename, stdin)
-    manifests = render_documents(docs, settings, namespace=args.namespace, servicemonitor=args.servicemonitor)
+    notes: list[str] = []
+    manifests = render_documents(docs, settings, namespace=args.namespace, servicemonitor=args.servicemonitor,
+                                 gateway_api=args.gateway_api, notes=notes)
+    for note in notes:
+        args.stderr.write(f"note: {note}\n")
     if any("ownerReferences" not in m["metadata"] for m in manifests):
         # Offline there is no uid yet; in the cluster every child is owned by its ModelDeployment.
         out.write("# Rendered offline: the operator adds ownerReferences to the ModelDeployment's uid.\n")
@@ -455,6 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--namespace", help="namespace for objects that name none (default: default)")
     p.add_argument(
         "--servicemonitor", action="store_true", help="render as if the ServiceMonitor CRD were installed"
+    )
+    p.add_argument(
+        "--gateway-api", action=argparse.BooleanOptionalAction, default=None,
+        help="render as if the cluster served (or, with --no-gateway-api, did not serve) the Gateway API's "
+        "HTTPRoute. Default: served for a spec that sets rollout.gateway (traffic auto or gateway), so the "
+        "HTTPRoute and the per-role Services are printed; without it the operator falls back to replicas mode",
     )
     p.set_defaults(handler=cmd_render)
 

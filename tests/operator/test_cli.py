@@ -29,8 +29,10 @@ def run(argv: list[str], env: dict[str, str] | None = None, stdin: str = "") -> 
 
 
 def expected_manifests(path: Path, settings: Settings = Settings()) -> list[dict]:
+    """What the operator applies on a cluster that serves the Gateway API where the spec asks for it."""
     md = ModelDeployment.from_body(yaml.safe_load(path.read_text()))
-    return render(plan(md, Observed(), settings, datetime.now(timezone.utc)))
+    gateway = md.spec.rollout.gateway is not None and md.spec.rollout.traffic != "replicas"
+    return render(plan(md, Observed(httproute_served=gateway), settings, datetime.now(timezone.utc)))
 
 
 # --------------------------------------------------------------------------- render
@@ -44,6 +46,28 @@ def test_render_prints_what_the_operator_would_apply(example: Path) -> None:
     assert printed == expected_manifests(example)
     kinds = [m["kind"] for m in printed]
     assert kinds[0] == "Deployment" and "Service" in kinds
+
+
+def test_render_of_a_gateway_spec_prints_its_route_and_role_services() -> None:
+    example = str(ROOT / "examples" / "canary-gateway.yaml")
+    code, out, err = run(["render", "-f", example])
+    assert code == 0 and err == "", err
+    printed = {(m["kind"], m["metadata"]["name"]): m for m in yaml.safe_load_all(out) if m is not None}
+    assert {("HTTPRoute", "fraud"), ("Service", "fraud-stable"), ("Service", "fraud")} <= set(printed)
+    route = printed[("HTTPRoute", "fraud")]["spec"]
+    assert [(b["name"], b["weight"]) for b in route["rules"][0]["backendRefs"]] == [("fraud-stable", 100)]
+    # <name> selects the stable revision alone: it does not bypass the route's weights
+    assert "modelship.dev/revision" in printed[("Service", "fraud")]["spec"]["selector"]
+
+    # without the Gateway API the operator splits replicas: rendered so, and said so
+    code, out, err = run(["render", "-f", example, "--no-gateway-api"])
+    assert code == 0
+    kinds = {(m["kind"], m["metadata"]["name"]) for m in yaml.safe_load_all(out) if m is not None}
+    assert ("HTTPRoute", "fraud") not in kinds and ("Service", "fraud-stable") not in kinds
+    assert err.startswith("note: document 1 (ModelDeployment fraud): rollout.gateway is set") and "replicas" in err
+    # a spec that does not ask for gateway mode renders none, whatever the flag says, and no note
+    code, out, err = run(["render", "-f", str(ROOT / "examples" / "quickstart-cpu.yaml"), "--gateway-api"])
+    assert code == 0 and err == "" and "HTTPRoute" not in out
 
 
 def test_examples_exist() -> None:
