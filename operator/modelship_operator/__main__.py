@@ -8,7 +8,7 @@ import os
 import sys
 
 from . import logs
-from .handlers import operator
+from .runtime import LeadershipLost, operator
 from .kube import Connection
 from .settings import Settings
 
@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m modelship_operator",
                                      description="Run the modelship operator (settings: MODELSHIP_* env).")
     parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
-                        help="kopf liveness endpoint URL ('' to disable); default %(default)s")
+                        help="liveness endpoint URL, also answered while waiting for the Lease "
+                             "('' to disable); default %(default)s")
     parser.add_argument("--kubeconfig", default=None,
                         help="use this kubeconfig instead of in-cluster config / KUBECONFIG")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(operator(settings, connection, liveness_endpoint=args.liveness or None))
     except KeyboardInterrupt:
         pass
+    except LeadershipLost as exc:  # exit: the restarted container waits for the Lease again
+        logging.getLogger("modelship_operator").error("%s; exiting", exc)
+        return 1
     return 0
 
 

@@ -27,6 +27,11 @@ class Settings:
     prometheus_scrape_interval: float = 30.0
     field_manager: str = "modelship-operator"
     cluster_domain: str = "cluster.local"  # "" = short service URLs (<name>.<ns>.svc)
+    # Leader election: only the holder of the Lease <lease_name> acts (runtime/leader.py).
+    leader_election: bool = True
+    lease_name: str = "modelship-operator"
+    lease_namespace: str | None = None  # None: the operator's own namespace
+    lease_seconds: float = 15.0  # how long a silent holder keeps the Lease
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Settings":
@@ -100,6 +105,30 @@ class Settings:
             if cluster_domain and not _DOMAIN.match(cluster_domain):
                 raise ValueError(f"MODELSHIP_CLUSTER_DOMAIN must be a DNS domain, got {env['MODELSHIP_CLUSTER_DOMAIN']!r}")
 
+        leader_election = d.leader_election
+        raw_election = get("LEADER_ELECTION")
+        if raw_election is not None:
+            if raw_election.lower() not in ("true", "false"):
+                raise ValueError(f"MODELSHIP_LEADER_ELECTION must be true or false, got {raw_election!r}")
+            leader_election = raw_election.lower() == "true"
+
+        lease_name = get("LEASE_NAME") or d.lease_name
+        if not _NAMESPACE.match(lease_name):  # a DNS label, like a namespace name
+            raise ValueError(f"MODELSHIP_LEASE_NAME must be a DNS label, got {lease_name!r}")
+        lease_namespace = get("LEASE_NAMESPACE")
+        if lease_namespace is not None and not _NAMESPACE.match(lease_namespace):
+            raise ValueError(f"MODELSHIP_LEASE_NAMESPACE must be a namespace name, got {lease_namespace!r}")
+
+        lease_seconds = d.lease_seconds
+        raw_lease = get("LEASE_SECONDS")
+        if raw_lease:
+            try:
+                lease_seconds = float(raw_lease)
+            except ValueError:
+                raise ValueError(f"MODELSHIP_LEASE_SECONDS must be a number of seconds, got {raw_lease!r}") from None
+            if not math.isfinite(lease_seconds) or lease_seconds < 1:
+                raise ValueError(f"MODELSHIP_LEASE_SECONDS must be at least 1, got {raw_lease!r}")
+
         return cls(
             server_image=server_image,
             gpu_label_key=gpu_label_key,
@@ -110,4 +139,8 @@ class Settings:
             prometheus_scrape_interval=scrape_interval,
             field_manager=field_manager,
             cluster_domain=cluster_domain,
+            leader_election=leader_election,
+            lease_name=lease_name,
+            lease_namespace=lease_namespace,
+            lease_seconds=lease_seconds,
         )

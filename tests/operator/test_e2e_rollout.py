@@ -466,8 +466,10 @@ def promql(rollout: Env) -> Iterator[Env]:
         _wait_for(lambda: httpx.get(f"{base}/-/ready", timeout=1).status_code == 200, 30, "prometheus ready", proc)
         e.call(lambda k: k.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": e.namespace}}))
         controller.namespaces.append(e.namespace)
+        # A second install next to the first (another namespace) holds its own Lease, as the
+        # chart gives each release its own.
         e.environ = dict(rollout.environ, MODELSHIP_NAMESPACES=e.namespace, MODELSHIP_PROMETHEUS_URL=base,
-                         MODELSHIP_PROMETHEUS_SCRAPE_INTERVAL="1s")
+                         MODELSHIP_PROMETHEUS_SCRAPE_INTERVAL="1s", MODELSHIP_LEASE_NAME="modelship-promql")
         e.start_operator()
         e.wait_live()
         # a long name: Kubernetes cuts the generated pod names, analysis must not depend on them

@@ -7,7 +7,7 @@ import sys
 
 def test_operator_entry_points_import_neither_torch_nor_the_server() -> None:
     code = (
-        "import sys, modelship_operator.__main__, modelship_operator.cli, modelship_operator.handlers\n"
+        "import sys, modelship_operator.__main__, modelship_operator.cli, modelship_operator.runtime\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'modelship_server')))\n"
         "print(bad)\n"
         "sys.exit(1 if bad else 0)\n"

@@ -359,16 +359,16 @@ def test_an_action_set_anew_meanwhile_is_kept_for_the_next_reconcile(servers: di
 
 
 def test_wakeups_reconcile_when_due_one_per_object_and_cancellable() -> None:
-    from modelship_operator.handlers import OperatorState
     from modelship_operator.kube import Connection
+    from modelship_operator.runtime import Runtime
 
     async def go() -> None:
         r = Rollout()
         r.create(rollout_body())
-        state = OperatorState(settings=SETTINGS, connection=Connection(server="http://127.0.0.1:9"),
-                              kube=r.kube, clock=lambda: r.now)  # type: ignore[arg-type]
-        state.schedule_wakeup(NS, "digits", 0.0)  # at least MIN_REQUEUE_S later
-        first = state.wakeups[(NS, "digits")]
+        scheduler = Runtime(settings=SETTINGS, connection=Connection(server="http://127.0.0.1:9"),
+                            kube=r.kube, clock=lambda: r.now).scheduler  # type: ignore[arg-type]
+        scheduler.schedule(NS, "digits", 0.0)  # at least MIN_DELAY_S later
+        first = scheduler.wakeups[(NS, "digits")]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 5
         while not r.kube.writes and loop.time() < deadline:
@@ -376,20 +376,20 @@ def test_wakeups_reconcile_when_due_one_per_object_and_cancellable() -> None:
         assert [w.kind for w in r.kube.writes if w.verb == "apply"], "the wake-up reconciled the object"
         assert first.done() and not first.cancelled()
         # a newer schedule replaces the older one: one task per object, the old one cancelled
-        state.schedule_wakeup(NS, "digits", 60)
-        older = state.wakeups[(NS, "digits")]
-        state.schedule_wakeup(NS, "digits", 60)
+        scheduler.schedule(NS, "digits", 60)
+        older = scheduler.wakeups[(NS, "digits")]
+        scheduler.schedule(NS, "digits", 60)
         await asyncio.sleep(0)
-        assert len(state.wakeups) == 1 and older.cancelled()
+        assert len(scheduler.wakeups) == 1 and older.cancelled()
         # nothing timed (None) or a deleted object: no wake-up left
-        state.schedule_wakeup(NS, "digits", None)
-        assert state.wakeups == {}
-        state.schedule_wakeup(NS, "digits", 0.0)
+        scheduler.schedule(NS, "digits", None)
+        assert scheduler.wakeups == {}
+        scheduler.schedule(NS, "digits", 0.0)
         r.kube.store.delete(r.md_type, NS, "digits")
         deadline = loop.time() + 5
-        while state.wakeups and loop.time() < deadline:
+        while scheduler.wakeups and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        assert state.wakeups == {}
-        await state.stop_wakeups()
+        assert scheduler.wakeups == {}
+        await scheduler.stop()
 
     asyncio.run(go())

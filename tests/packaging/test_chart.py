@@ -119,9 +119,17 @@ def _deploy_rules() -> set[tuple[str, str, str]]:
     return _rule_set(role["rules"])
 
 
+def _leader_election(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in by_kind(docs, kind) if d["metadata"]["name"].endswith("-leader-election")]
+
+
+def _workload(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in by_kind(docs, kind) if not d["metadata"]["name"].endswith("-leader-election")]
+
+
 def test_cluster_mode_rbac_mirrors_deploy_rbac_without_wildcards() -> None:
     docs = manifests()
-    assert not by_kind(docs, "Role")
+    assert not _workload(docs, "Role")
     (role,) = by_kind(docs, "ClusterRole")
     granted = _rule_set(role["rules"])
     assert granted == _deploy_rules()
@@ -134,9 +142,9 @@ def test_cluster_mode_rbac_mirrors_deploy_rbac_without_wildcards() -> None:
 
 def test_namespaced_mode_grants_namespaced_rights_only_in_the_watched_namespaces() -> None:
     docs = manifests(VALUE_SETS["namespaced"])
-    roles = by_kind(docs, "Role")
+    roles = _workload(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml", "ml-staging"]
-    bindings = by_kind(docs, "RoleBinding")
+    bindings = _workload(docs, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml", "ml-staging"]
     (cluster_role,) = by_kind(docs, "ClusterRole")
     cluster = _rule_set(cluster_role["rules"])
@@ -149,7 +157,7 @@ def test_namespaced_mode_grants_namespaced_rights_only_in_the_watched_namespaces
 
 def test_optional_monitoring_is_off_by_default_and_complete_when_on() -> None:
     kinds = {d["kind"] for d in manifests()}
-    assert kinds == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"}
+    assert kinds == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment"}
     docs = manifests(VALUE_SETS["monitoring"])
     (pm,) = by_kind(docs, "PodMonitor")
     assert pm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/managed-by"] == "modelship-operator"
@@ -235,3 +243,25 @@ def test_chart_sets_every_setting_the_plain_manifest_sets() -> None:
     _, chart = _operator({})
     assert {e["name"] for e in container["env"]} <= {e["name"] for e in chart["env"]}
     assert container["args"] == chart["args"]
+
+
+@pytest.mark.parametrize("name", ["defaults", "namespaced", "custom"])
+def test_leader_election_may_use_only_its_own_lease_in_the_release_namespace(name: str) -> None:
+    docs = manifests(VALUE_SETS[name])
+    (role,) = _leader_election(docs, "Role")
+    (binding,) = _leader_election(docs, "RoleBinding")
+    (sa,) = by_kind(docs, "ServiceAccount")
+    _, container = _operator(VALUE_SETS[name])
+    lease = {e["name"]: e.get("value") for e in container["env"]}["MODELSHIP_LEASE_NAME"]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [lease],
+         "verbs": ["get", "patch"]},
+    ]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}]
+    plain = [d for d in yaml.safe_load_all((ROOT / "deploy" / "rbac.yaml").read_text())
+             if d and d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader-election")]
+    assert [_rule_set(p["rules"]) for p in plain] == [_rule_set(role["rules"])]
+    assert Settings().lease_name in plain[0]["rules"][1]["resourceNames"]
