@@ -71,7 +71,7 @@ class Monitoring:
                 classes = result.classes if self.classifier else None
                 if classes is not None:
                     # one row: a plain int, no array (the store copies anything else)
-                    store.record(request_id, int(classes[0]) if len(classes) == 1 else classes)
+                    store.record(request_id, classes.item(0) if len(classes) == 1 else classes)
                 else:
                     out = result.outputs[self.first_output]
                     store.record(request_id, out.reshape(out.shape[0], -1) if out.ndim > 2 else out)

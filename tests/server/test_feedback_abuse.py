@@ -104,3 +104,22 @@ def test_store_memory_is_exported_against_its_budget(model_dir: Path, heldout) -
     assert value(m, "modelship_monitor_store_entries", store="feedback") > 50
     assert held["drift"] == 1000 * 64 * 4 and value(m, "modelship_monitor_store_entries", store="drift") == 1000  # full window
     assert value(m, "modelship_monitor_store_budget_bytes", store="audit") == 8 << 20
+
+
+def test_a_forked_child_never_repeats_its_parents_ids() -> None:
+    import os
+
+    gen = RandomIds()
+    gen()  # the pool is full of drawn-but-unused ids when the fork happens
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its next ids and leave at once
+        os.write(write, b"".join(gen() for _ in range(8)))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 1024)
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = b"".join(gen() for _ in range(8))
+    assert len(child) == len(parent) == 8 * 32
+    assert {child[i : i + 32] for i in range(0, 256, 32)}.isdisjoint(parent[i : i + 32] for i in range(0, 256, 32))
