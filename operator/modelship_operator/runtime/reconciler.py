@@ -12,7 +12,7 @@ from ..reconcile import Discovery, reconcile
 from ..settings import Settings
 from ..spec import API_VERSION, KIND
 
-log = logging.getLogger("modelship_operator.handlers")  # the logger name the operator's logs have always used
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
