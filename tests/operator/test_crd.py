@@ -356,3 +356,18 @@ def test_readme_counts_the_cel_rules(root: dict[str, Any]) -> None:
     readme = (ROOT / "README.md").read_text()
     [count] = re.findall(r"(\d+) CEL\s+rules", readme)
     assert int(count) == len(all_rules(root))
+
+
+NULLS = {"apiVersion": "modelship.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "nulls"},
+         "spec": {"model": {"uri": "file:///m/m.pt", "version": "1", "name": None}, "server": None,
+                  "autoscaling": None, "rollout": {"analysis": None, "steps": None}, "monitoring": {"drift": None}}}
+
+
+def test_nulls_are_pruned_or_defaulted_like_the_api_server() -> None:
+    """A null in a non-nullable field: dropped, or replaced by the field's default (what a
+    v1.36.2 API server stored for this body in a dry-run create, compared field by field)."""
+    stored = schema.defaulted(NULLS)["spec"]
+    assert "name" not in stored["model"] and "autoscaling" not in stored
+    assert stored["server"]["batching"]["maxQueue"] == 2048 and stored["rollout"]["steps"] == []
+    assert stored["rollout"]["analysis"]["interval"] == "30s" and stored["monitoring"]["drift"]["window"] == 1000
+    assert schema.validate(NULLS) == []

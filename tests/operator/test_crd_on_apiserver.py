@@ -69,7 +69,9 @@ def test_verdicts_and_defaulting_equal_the_api_server(kubectl: Any) -> None:
         accepted, _ = _server_verdict(kubectl, cases.mutated(mutation))
         if accepted:
             disagree.append(f"{case}: the API server accepts it")
-    valid = [(case, cases.mutated(m)) for case, m in cases.VALID]
+    from test_crd import NULLS
+
+    valid = [(case, cases.mutated(m)) for case, m in cases.VALID] + [("nulls", NULLS)]
     valid += [(p.stem, d) for p in sorted((ROOT / "examples").glob("*.yaml"))
               for d in yaml.safe_load_all(p.read_text()) if d and d.get("kind") == "ModelDeployment"]
     for case, doc in valid:
