@@ -118,24 +118,44 @@ def merge_condition(
 
 
 def conditions(health: Health, available: int, n: int, previous: Mapping, generation: int, now: str) -> list[dict]:
-    ready = health.phase == "Healthy" and n > 0
-    progressing = health.phase in ("Pending", "Progressing", "Paused")
-    degraded = health.phase == "Degraded"
+    """The four conditions, after the Kubernetes API conventions (and what Deployments do):
+
+    * Ready: serving at full capacity: the pods available over the serving revisions reach the
+      replicas wanted, whatever the rollout does (a canary with every pod ready is Ready, so
+      `kubectl wait --for=condition=Ready` works during a rollout). False when scaled to zero.
+    * Available: at least one pod serves.
+    * Progressing: the rollout: True while it moves (reason says how), Unknown while it is
+      paused (as a paused Deployment), False once it is complete or stopped (reason says which).
+    * Degraded: True only for a problem (an aborted canary, a Deployment that cannot progress,
+      pods lost after being healthy); reason and message say which.
+    """
+    if n == 0:
+        ready = ("False", "ScaledToZero", "no replicas are wanted")
+    elif available >= n:
+        ready = ("True", "AllReplicasReady", health.message if health.phase == "Healthy"
+                 else f"{available} replica(s) available, {n} wanted; {health.message}")
+    else:
+        ready = ("False", health.reason if health.phase != "Healthy" else "ReplicasNotAvailable",
+                 f"{available} of {n} wanted replica(s) available; {health.message}")
     if available > 0:
         avail = ("True", "MinimumReplicasAvailable", f"{available} replica(s) available")
     elif n == 0:
         avail = ("False", "ScaledToZero", "no replicas are wanted")
     else:
         avail = ("False", "NoReplicasAvailable", "no replica is available yet")
+    if health.phase in ("Pending", "Progressing"):
+        progressing = ("True", health.reason, health.message)
+    elif health.phase == "Paused":
+        progressing = ("Unknown", health.reason, health.message)
+    elif health.phase == "Healthy":
+        progressing = ("False", "RolloutComplete", health.message)
+    else:
+        progressing = ("False", health.reason, health.message)
+    degraded = health.phase == "Degraded"
     rows = [
-        ("Ready", "True" if ready else "False", health.reason, health.message),
+        ("Ready", *ready),
         ("Available", *avail),
-        (
-            "Progressing",
-            "True" if progressing else "False",
-            "RolloutComplete" if health.phase == "Healthy" else health.reason,
-            health.message,
-        ),
+        ("Progressing", *progressing),
         (
             "Degraded",
             "True" if degraded else "False",
