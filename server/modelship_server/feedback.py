@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -90,11 +91,8 @@ _AT, _PREDICTIONS, _BYTES = 0, 1, 2
 # the str header and the OrderedDict slot and link (measured with tracemalloc, CPython 3.11).
 ENTRY_OVERHEAD = 220
 ARRAY_OVERHEAD = 112  # an ndarray object that owns its data, without the data
+STORE_FULL = "store full"
 _INTAKE_BATCH = 64  # recorded predictions queued before they are filed in one go
-
-
-def _rows(p: Any) -> int:
-    return 1 if isinstance(p, int) else len(p)
 
 
 BYTES_OVERHEAD = 33  # a bytes object without its data
@@ -154,6 +152,8 @@ class FeedbackStore:
             raise ValueError("max_bytes must be positive")
         self.ttl, self.max_entries, self.task, self.window = ttl_seconds, max_entries, task, window
         self.max_rows, self.max_bytes = max_rows, max_bytes
+        self._max_rows = math.inf if max_rows is None else max_rows
+        self._max_bytes = math.inf if max_bytes is None else max_bytes
         # ids remembered after they left (for "expired"/"duplicate" answers): a quarter of the
         # entries (at least 1000), since they only improve the answer to late feedback
         self.max_remembered = min(max_entries, max(1000, max_entries // 4))
@@ -294,43 +294,52 @@ class FeedbackStore:
             self._bytes += size_sum
             self._evict(self._clock())
 
-    def _over_budget(self) -> bool:
-        return (self.max_bytes is not None and self._bytes > self.max_bytes) or (
-            self.max_rows is not None and self._rows > self.max_rows
-        ) or len(self._entries) > self.max_entries
-
     def _evict(self, now: float) -> None:
-        gone = self._gone
+        gone, entries, ttl = self._gone, self._entries, self.ttl
+        max_bytes = self._max_bytes
         # remembered ids go first: they only improve the answer to a late feedback
         while gone:
-            at = next(iter(gone.values()))[0]
-            if now - at > self.ttl or len(gone) > self.max_remembered or (
-                self.max_bytes is not None and self._bytes > self.max_bytes
-            ):
+            if self._bytes > max_bytes or len(gone) > self.max_remembered or now - next(iter(gone.values()))[0] > ttl:
                 rid, _ = gone.popitem(last=False)
                 self._bytes -= ENTRY_OVERHEAD + len(rid)
             else:
                 break
-        entries = self._entries
-        while entries:
+        while entries:  # too old
             rid, entry = next(iter(entries.items()))
-            if now - entry[_AT] > self.ttl:
-                why = self._too_old
-            elif self._over_budget():
-                why = "store full"
-            else:
+            if now - entry[_AT] <= ttl:
                 break
-            entries.popitem(last=False)
-            self._rows -= _rows(entry[_PREDICTIONS])
-            self._bytes -= entry[_BYTES]
-            self._evicted += 1
-            self._forget(rid, now, why)
+            self._drop(rid, entries.popitem(last=False)[1], now, self._too_old)
+        max_entries, max_rows, max_remembered = self.max_entries, self._max_rows, self.max_remembered
+        rows, size, evicted = self._rows, self._bytes, 0
+        while entries and (len(entries) > max_entries or rows > max_rows or size > max_bytes):
+            rid, entry = entries.popitem(last=False)  # the oldest: arrival order is age order
+            p = entry[_PREDICTIONS]
+            rows -= 1 if type(p) is int else len(p)
+            size -= entry[_BYTES]
+            evicted += 1
+            # remembered (inlined _forget: this loop runs once per recorded prediction when full)
+            remember = ENTRY_OVERHEAD + len(rid)
+            if size + remember <= max_bytes:
+                gone[rid] = (now, STORE_FULL)  # not in `gone`: ids are filed only when unknown there
+                size += remember
+                if len(gone) > max_remembered:
+                    old, _ = gone.popitem(last=False)
+                    size -= ENTRY_OVERHEAD + len(old)
+        self._rows, self._bytes = rows, size
+        self._evicted += evicted
+
+    def _drop(self, rid: str, entry: tuple[float, Any, int], now: float, why: str) -> None:
+        p = entry[_PREDICTIONS]
+        self._rows -= 1 if type(p) is int else len(p)
+        self._bytes -= entry[_BYTES]
+        self._evicted += 1
+        self._forget(rid, now, why)
 
     def _forget(self, request_id: str, now: float, why: str) -> None:
         """Remember an id that left the map, within the entry and byte bounds."""
         gone = self._gone
         size = ENTRY_OVERHEAD + len(request_id)
-        if self.max_bytes is not None and self._bytes + size > self.max_bytes:
+        if self._bytes + size > self._max_bytes:
             return  # predictions come first; this id will answer "unknown"
         if request_id in gone:
             del gone[request_id]
