@@ -83,6 +83,7 @@ class ReconcileResult:
     namespace: str
     applied: list[str] = field(default_factory=list)  # "Kind/name"
     pruned: list[str] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)  # outgoing Deployments scaled to 0
     status_written: bool = False
     events: list[Event] = field(default_factory=list)
     phase: str | None = None
@@ -93,7 +94,7 @@ class ReconcileResult:
 
     @property
     def wrote(self) -> bool:
-        return bool(self.applied or self.pruned or self.status_written or self.events or self.cleared)
+        return bool(self.applied or self.pruned or self.retired or self.status_written or self.events or self.cleared)
 
 
 def status_patch(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
@@ -183,6 +184,14 @@ async def _apply_and_prune(kube: KubeAPI, md: ModelDeployment, desired_plan: Any
     for child in live_children:  # only children whose controller is this ModelDeployment
         ident = _ident(child)
         if ident in desired or (ident[0] == "Deployment" and ident[1] in desired_plan.retain):
+            continue
+        if ident[0] == "Deployment" and ident[1] in desired_plan.retire:
+            # Scaled to 0 first, deleted once its pods are gone (the plan stops naming it).
+            if (child.get("spec") or {}).get("replicas", 1) != 0:
+                await kube.patch(child["apiVersion"], child["kind"], md.namespace, ident[1],
+                                 {"spec": {"replicas": 0}})
+                result.retired.append("/".join(ident))
+                changed = True
             continue
         await kube.delete(child["apiVersion"], child["kind"], md.namespace, ident[1])
         result.pruned.append("/".join(ident))

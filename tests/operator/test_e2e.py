@@ -300,6 +300,14 @@ def test_spec_change_rolls_a_new_revision_and_prunes_the_old(env: Env) -> None:
     if env.double is not None:  # the old one serves until the new one is available
         env.double.mark_deployment_available(env.namespace, second)
 
+    if env.double is not None:  # the old one is scaled to 0 first; the controller reports its pods gone
+        async def drained(k: Kube) -> bool:
+            return any(d["metadata"]["name"] == first and d["spec"]["replicas"] == 0
+                       for d in await deployments(env)(k))
+
+        env.eventually(drained, f"the old revision {first} scaled to 0")
+        env.double.mark_deployment_available(env.namespace, first)
+
     async def only_new(k: Kube) -> bool:
         return [d["metadata"]["name"] for d in await deployments(env)(k)] == [second]
 

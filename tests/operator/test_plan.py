@@ -471,6 +471,7 @@ def test_deployment_state_from_a_real_deployment_manifest() -> None:
         name="fraud-abc", revision="abc", role="stable", replicas=3, ready_replicas=2, available_replicas=1,
         updated_replicas=2, generation=4, observed_generation=3,
         conditions=({"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},),
+        spec_replicas=3,
     )
     fresh = DeploymentState.from_manifest({"metadata": {"name": "x"}})  # no status yet
     assert (fresh.replicas, fresh.ready_replicas, fresh.observed_generation) == (0, 0, 0)

@@ -175,8 +175,16 @@ def test_model_version_change_replaces_the_revision_and_prunes_the_old_one(clust
 
     cluster.available(new_name)
     result = cluster.reconcile("digits")
-    assert result.pruned == [f"Deployment/{old['metadata']['name']}"]
+    # The old revision is scaled to 0 first and deleted only once its pods are gone: a pod
+    # whose ReplicaSet is deleted under it has no controller the disruption budget can count.
+    assert result.retired == [f"Deployment/{old['metadata']['name']}"] and result.pruned == []
     assert "Promoted" in [e.reason for e in result.events]
+    assert {d["metadata"]["name"]: d["spec"]["replicas"] for d in cluster.deployments()} == {
+        old["metadata"]["name"]: 0, new_name: 2}
+    assert not cluster.reconcile("digits").wrote  # its pods still terminate: nothing to do
+    cluster.available(old["metadata"]["name"])  # the Deployment controller: no pod left
+    result = cluster.reconcile("digits")
+    assert result.pruned == [f"Deployment/{old['metadata']['name']}"] and result.retired == []
     assert [d["metadata"]["name"] for d in cluster.deployments()] == [new_name]
     status = cluster.md("digits")["status"]
     assert status["phase"] == "Healthy"
@@ -190,6 +198,11 @@ def test_unavailable_old_revision_is_pruned_at_once(cluster: Cluster) -> None:
     cluster.reconcile("digits")
     (old,) = cluster.deployments()
     cluster.patch_spec("digits", {"server": {"batching": {"maxBatchSize": 64}}})  # pod-shaping
+    result = cluster.reconcile("digits")
+    # Nothing to wait for (it serves nothing), but its pods may exist: scaled to 0 at once...
+    assert result.retired == [f"Deployment/{old['metadata']['name']}"]
+    cluster.available(old["metadata"]["name"])
+    # ...and deleted once the Deployment controller reports none left.
     result = cluster.reconcile("digits")
     assert result.pruned == [f"Deployment/{old['metadata']['name']}"]
     (new,) = cluster.deployments()

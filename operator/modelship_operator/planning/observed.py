@@ -23,6 +23,8 @@ class DeploymentState:
     generation: int
     observed_generation: int
     conditions: tuple[Mapping, ...] = ()
+    spec_replicas: int | None = None  # spec.replicas (None: not known)
+    terminating_replicas: int = 0  # status.terminatingReplicas (reported from Kubernetes 1.33 on)
 
     @classmethod
     def from_manifest(cls, obj: Mapping) -> "DeploymentState":
@@ -40,7 +42,16 @@ class DeploymentState:
             generation=int(meta.get("generation") or 0),
             observed_generation=int(status.get("observedGeneration") or 0),
             conditions=tuple(dict(c) for c in status.get("conditions") or ()),
+            spec_replicas=int((obj.get("spec") or {}).get("replicas", 1)),
+            terminating_replicas=int(status.get("terminatingReplicas") or 0),
         )
+
+    @property
+    def drained(self) -> bool:
+        """Scaled to 0 and seen so by the Deployment controller, with no pod left (terminating
+        ones included): deleting it now strands no pod without its ReplicaSet."""
+        return (self.spec_replicas == 0 and self.observed_generation >= self.generation
+                and self.replicas == 0 and self.terminating_replicas == 0)
 
     def condition(self, type_: str) -> Mapping | None:
         return next((c for c in self.conditions if c.get("type") == type_), None)

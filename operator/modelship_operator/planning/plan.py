@@ -49,6 +49,10 @@ class Plan:
     retain: tuple[str, ...]
     status: Mapping  # the complete desired .status (camelCase, JSON-ready)
     events: tuple[Event, ...] = field(default=())
+    # Deployments of outgoing revisions that still have pods: reconcile scales each to 0 and
+    # keeps it until its pods are gone (a pod whose ReplicaSet was deleted leaves the
+    # PodDisruptionBudget without a controller to count it), then prunes it.
+    retire: tuple[str, ...] = ()
     # Rollout (canary) side. Reconcile removes these annotations from the ModelDeployment
     # after applying the plan: the plan has acted on them.
     consumed_actions: tuple[str, ...] = ()
@@ -98,6 +102,10 @@ def _base_plan(md: ModelDeployment, observed: Observed, settings: Settings, **fi
     scaling = autoscaling_plan(md)
     revisions: tuple[RevisionPlan, ...] = fields.pop("revisions")
     stable = next(r for r in revisions if r.role == "stable")
+    retain: tuple[str, ...] = fields["retain"]
+    rendered = {r.name for r in revisions}
+    retire = tuple(sorted(d.name for d in observed.deployments
+                          if d.name not in rendered and d.name not in retain and not d.drained))
     return Plan(
         name=md.name,
         namespace=md.namespace,
@@ -107,7 +115,9 @@ def _base_plan(md: ModelDeployment, observed: Observed, settings: Settings, **fi
         port=SERVER_PORT,
         revisions=revisions,
         autoscaling=scaling,
-        pdb=wants_pdb(tuple(r.replicas for r in revisions), scaling),
+        pdb=wants_pdb(desired_replicas(md), tuple(r.replicas for r in revisions),
+                      len(revisions) + len(retain) + len(retire), scaling),
+        retire=retire,
         service_monitor=observed.servicemonitor_served,
         peers_service=peers_service(md.name) if any(r.feedback for r in revisions) else None,
         service_selector=service_selector(selector_labels(md.name), fields.get("traffic_mode", "replicas"), stable.hash),

@@ -44,7 +44,15 @@ def autoscaling_plan(md: ModelDeployment) -> AutoscalingPlan | None:
     return AutoscalingPlan(int(scaling.min_replicas), int(scaling.max_replicas), tuple(metrics))
 
 
-def wants_pdb(replicas: tuple[int, ...], scaling: AutoscalingPlan | None) -> bool:
-    """A PodDisruptionBudget is rendered when more than one pod may run."""
-    # maxUnavailable 1 never blocks a single pod, so the budget follows the most wanted.
-    return max(replicas, default=0) > 1 or (scaling is not None and scaling.max_replicas > 1)
+def wants_pdb(total: int, revision_replicas: tuple[int, ...], deployments: int,
+              scaling: AutoscalingPlan | None) -> bool:
+    """A PodDisruptionBudget (over the pods of every revision) whenever more than one pod may run:
+    the total asked for, the pods of all revisions together (a canary's pods are extra in gateway
+    mode), more than one Deployment with pods (a rollout, an outgoing revision scaling down), or
+    the autoscaler's maximum. Never decided per revision: at weight 50 of 2 replicas each side
+    has one pod, and the budget must still hold for the two together."""
+    return (
+        max(total, sum(revision_replicas)) > 1
+        or deployments > 1
+        or (scaling is not None and scaling.max_replicas > 1)
+    )
