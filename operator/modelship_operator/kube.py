@@ -536,17 +536,19 @@ class Kube:
 
     async def create_event(
         self, involved: Mapping[str, Any], type: str, reason: str, message: str,
-        *, component: str | None = None,
+        *, component: str | None = None, name: str | None = None, at: str | None = None,
     ) -> dict[str, Any]:
-        """A core/v1 Event about `involved` (what `kubectl describe` shows)."""
+        """A core/v1 Event about `involved` (what `kubectl describe` shows). `name`: the Event's
+        own name (recorder.py names a series; default a generated one); `at`: its timestamp."""
         meta = involved.get("metadata") or {}
         namespace = meta.get("namespace") or self.connection.namespace
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        now = at or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         component = component or self.field_manager
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{meta.get('name', 'modelship')}.", "namespace": namespace},
+            "metadata": {"namespace": namespace,
+                         **({"name": name} if name else {"generateName": f"{meta.get('name', 'modelship')}."})},
             "involvedObject": {
                 "apiVersion": involved.get("apiVersion"),
                 "kind": involved.get("kind"),

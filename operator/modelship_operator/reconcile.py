@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from . import canary_metrics
+from . import canary_metrics, recorder
 from .analysis import Verdict, query_window
 from .kube import KubeError, PermanentError
 from .planning import (APPLIED_HASH, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, AnalysisResult,
@@ -56,8 +56,10 @@ class KubeAPI(Protocol):
                      *, propagation: str = "Background") -> bool: ...
     async def patch_status(self, api_version: str, kind: str, namespace: str | None, name: str,
                            status_patch: Mapping[str, Any]) -> dict[str, Any]: ...
-    async def create_event(self, involved: Mapping[str, Any], type: str, reason: str,
-                           message: str) -> dict[str, Any]: ...
+    async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None: ...
+    async def create_event(self, involved: Mapping[str, Any], type: str, reason: str, message: str,
+                           *, component: str | None = None, name: str | None = None,
+                           at: str | None = None) -> dict[str, Any]: ...
     async def patch(self, api_version: str, kind: str, namespace: str | None, name: str, body: Any,
                     *, json_patch: bool = False) -> dict[str, Any]: ...
 
@@ -125,10 +127,11 @@ async def _write_status(kube: KubeAPI, body: Mapping[str, Any], desired: Mapping
 
 
 async def _emit(kube: KubeAPI, body: Mapping[str, Any], events: list[Event] | tuple[Event, ...],
-                result: ReconcileResult) -> None:
+                result: ReconcileResult, now: datetime) -> None:
+    """Post each event; a repeat continues its series on one Event object (recorder.py)."""
     for event in events:
         try:
-            await kube.create_event(body, event.type, event.reason, event.message)
+            await recorder.record(kube, body, event, now)
             result.events.append(event)
         except KubeError as exc:  # events help users, but must not fail the reconcile
             log.warning("could not post event %s: %s", event.reason, exc)
@@ -140,7 +143,7 @@ async def _fail(kube: KubeAPI, body: Mapping[str, Any], reason: str, message: st
     result.error, result.phase = message, "Failed"
     await _write_status(kube, body, failed_status(body, reason, message, now), result)
     if result.status_written:
-        await _emit(kube, body, [Event("Warning", reason, message)], result)
+        await _emit(kube, body, [Event("Warning", reason, message)], result, now)
     return result
 
 
@@ -312,7 +315,7 @@ async def reconcile(body: Mapping[str, Any], kube: KubeAPI, settings: Settings, 
 
     result.phase = desired_plan.status.get("phase")
     await _write_status(kube, body, desired_plan.status, result)
-    await _emit(kube, body, desired_plan.events, result)
+    await _emit(kube, body, desired_plan.events, result, now)
     await _clear_actions(kube, body, desired_plan.consumed_actions, result)
     await _baseline(kube, md, desired_plan, settings, now, memory)
     result.requeue_after = desired_plan.requeue_after

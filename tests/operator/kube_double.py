@@ -821,11 +821,13 @@ class KubeDouble:
         return result
 
     async def create_event(self, involved: Mapping[str, Any], type: str, reason: str, message: str,
-                           *, component: str | None = None) -> Obj:
+                           *, component: str | None = None, name: str | None = None, at: str | None = None) -> Obj:
         self._maybe_fail("event", "Event")
         meta = involved.get("metadata") or {}
+        named = {"name": name} if name else {"generateName": f"{meta.get('name')}."}
         event = {"apiVersion": "v1", "kind": "Event",
-                 "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
+                 "metadata": {**named, "namespace": meta.get("namespace")},
+                 "count": 1, **({"firstTimestamp": at, "lastTimestamp": at} if at else {}),
                  "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
                                     "name": meta.get("name"), "namespace": meta.get("namespace"),
                                     "uid": meta.get("uid")},

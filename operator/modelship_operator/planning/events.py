@@ -1,13 +1,28 @@
-"""Kubernetes Events the plan asks reconcile to emit: one per transition, none in a steady state. Pure."""
+"""Kubernetes Events the plan asks reconcile to emit: one per transition, none in a steady state,
+and how a repeated event continues one series instead of piling up Event objects. Pure.
+
+Series (what client-go's EventRecorder does with its correlator): an event that repeats is one
+Event object whose `count` and `lastTimestamp` move, not a new object each time. The object's name
+is derived from what makes events "the same" (`series_name`), so the series survives operator
+restarts and leader changes without memory: the same (type, reason, message), or for the reasons
+that repeat once per analysis window (`REPEATING_REASONS`, whose numbers differ every window) the
+same (type, reason) with the newest message. A series whose last occurrence is older than
+`SERIES_WINDOW_S` starts again at count 1.
+"""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Mapping
+from datetime import datetime
+from typing import Any, Mapping
 
 from ..spec import ModelDeployment
 from .pods import RevisionPlan
 from .scaling import AutoscalingPlan
-from .values import as_int, find_condition
+from .values import as_int, aware, find_condition, parse_time, timestamp
+
+REPEATING_REASONS = frozenset({"AnalysisPassed", "AnalysisInconclusive", "AnalysisFailed"})
+SERIES_WINDOW_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -91,3 +106,23 @@ def transition_events(
         events.append(Event("Normal", "Recovered", (find_condition(status, "Ready") or {}).get("message", "")))
     return tuple(events)
 
+
+
+def series_name(involved_name: str, involved_uid: str, event: Event) -> str:
+    """The name of the Event object that holds this event's series (a DNS subdomain)."""
+    key = [involved_uid, event.type, event.reason]
+    if event.reason not in REPEATING_REASONS:
+        key.append(event.message)
+    digest = hashlib.sha256("\x00".join(key).encode()).hexdigest()[:16]
+    return f"{involved_name}.{digest}"
+
+
+def series_update(existing: Mapping[str, Any], event: Event, now: datetime) -> dict[str, Any]:
+    """The merge patch that records `event` on the Event object `existing` of its series: one
+    more occurrence (count, lastTimestamp, the newest message), or a fresh start when the series
+    went quiet for longer than SERIES_WINDOW_S."""
+    stamp = timestamp(now)
+    last = parse_time(existing.get("lastTimestamp") or existing.get("eventTime"))
+    if last is not None and (aware(now) - last).total_seconds() > SERIES_WINDOW_S:
+        return {"count": 1, "firstTimestamp": stamp, "lastTimestamp": stamp, "message": event.message[:1024]}
+    return {"count": as_int(existing.get("count"), 1) + 1, "lastTimestamp": stamp, "message": event.message[:1024]}
