@@ -152,11 +152,15 @@ def format_status(obj: Mapping[str, Any]) -> str:
     if generation is not None and observed is not None and observed < generation:
         lines.append(f"  Note:      status is for generation {observed}; the operator has not processed {generation} yet")
     lines.append(f"  URL:       {_cell(status.get('url'))}")
+    mode = status.get("trafficMode")
+    if mode:
+        how = {"gateway": f"HTTPRoute {meta.get('name', '?')} splits by weight; the URL's Service serves the stable",
+               "replicas": "one Service over every revision; the replica split is the weight"}.get(mode, "")
+        lines.append(f"  Traffic:   {mode}" + (f" ({how})" if how else ""))
     wanted = spec.get("replicas")
     lines.append(
         f"  Replicas:  {_cell(status.get('readyReplicas'), '0')} ready / {_cell(status.get('replicas'), '0')} running"
         + (f" / {wanted} wanted" if wanted is not None else "")
-        + (f"  (traffic: {status['trafficMode']})" if status.get("trafficMode") else "")
     )
     stable = status.get("stable") or {}
     canary = status.get("canary") or {}

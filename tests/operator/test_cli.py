@@ -188,6 +188,12 @@ def test_format_status_summarises_a_realistic_object() -> None:
     assert history[0].split()[:3] == ["REVISION", "VERSION", "OUTCOME"]
     assert history[1].split()[:3] == ["2", "1.3.0", "Aborted"]  # newest first
     assert "Note:" not in text
+    assert "Traffic:   replicas (one Service over every revision" in text
+    gateway = {**REALISTIC, "status": {**REALISTIC["status"], "trafficMode": "gateway"}}
+    assert "Traffic:   gateway (HTTPRoute fraud splits by weight; the URL's Service serves the stable)" in \
+        format_status(gateway)
+    conditions = lines[lines.index("  Conditions:") + 1:]
+    assert conditions[0].split() == ["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"]
     asked = {**REALISTIC, "status": {**REALISTIC["status"], "canary": {**REALISTIC["status"]["canary"],
                                                                        "requestedWeight": 50}}}
     assert "weight 25% (asked 50%)  step 2/3" in format_status(asked)
