@@ -92,7 +92,8 @@ def test_rendered_env_is_accepted_by_the_operator_settings(name: str) -> None:
     settings = Settings.from_env(env)  # raises on any value the operator would refuse at start
     assert env["MODELSHIP_NAMESPACES"] == ",".join(values.get("watchNamespaces", []))
     assert env["MODELSHIP_GPU_LABEL_KEY"] == values.get("gpuLabelKey", "nvidia.com/gpu.product")
-    assert settings is not None
+    # the PromQL windows are sized from the scrape interval the chart passes on
+    assert settings.prometheus_scrape_interval == 30.0 and env["MODELSHIP_PROMETHEUS_SCRAPE_INTERVAL"] == "30s"
 
 
 def test_custom_values_reach_the_pod() -> None:
