@@ -4,8 +4,8 @@ It serves an `ObjectStore` (kube_double.py) over real HTTP on 127.0.0.1: discove
 /apis, resource lists, /version), list and watch (?watch=true, JSON lines, resumable from a
 resourceVersion, 410 when too old), get / create (incl. generateName) / replace / delete,
 PATCH as server-side apply, merge patch, strategic merge (treated as merge) and JSON patch,
-the status and scale subresources, bearer-token auth, and CRDs that become served resources
-when created. It runs in a background thread with its own event loop; the sync helpers
+the status and scale subresources, bearer-token auth, CRDs that become served resources
+when created, and the garbage collector running a moment after each change. It runs in a background thread with its own event loop; the sync helpers
 (`mark_deployment_available`, `snapshot`, ...) are safe to call from the test thread.
 Every write request is logged in `writes` so a test can assert that a steady state is quiet.
 """
@@ -25,10 +25,11 @@ import yaml
 from aiohttp import web
 
 from kube_double import ApiError, ObjectStore, ResourceType, WatchEvent, field_selector_matches, \
-    selector_matches
+    parse_selector, selector_matches
 
 T = TypeVar("T")
 WATCH_MAX_SECONDS = 300.0  # a watch without timeoutSeconds still ends, like the real default
+GC_PERIOD_S = 0.2  # how soon the garbage collector acts after a change
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,13 @@ def request_verb(method: str, path: str, query: Any) -> str:
     return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, method.lower())
 
 
+def _manager(request: web.Request) -> str:
+    """The field manager of an update or patch: ?fieldManager, else the user agent up to its first
+    '/', as the API server derives it."""
+    return request.query.get("fieldManager") or request.headers.get("User-Agent", "unknown").split("/")[0] \
+        or "unknown"
+
+
 @dataclass
 class _Watcher:
     rtype: ResourceType
@@ -92,6 +100,7 @@ class ApiServerDouble:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._stopping: asyncio.Event | None = None
+        self._collector: asyncio.Task | None = None
         self.url = ""
 
     # ---- lifecycle
@@ -131,6 +140,14 @@ class ApiServerDouble:
         sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         await web.SockSite(self._runner, sock).start()
+        self._collector = asyncio.get_running_loop().create_task(self._collect_garbage())
+
+    async def _collect_garbage(self) -> None:
+        """The garbage collector's loop: a moment after a change, as on a real cluster."""
+        assert self._stopping is not None
+        while not self._stopping.is_set():
+            await asyncio.sleep(GC_PERIOD_S)
+            self.store.collect_garbage()
 
     def stop(self) -> None:
         if self._loop is None or self._thread is None:
@@ -139,6 +156,8 @@ class ApiServerDouble:
         async def shutdown() -> None:
             assert self._stopping is not None and self._runner is not None
             self._stopping.set()
+            if self._collector is not None:
+                self._collector.cancel()
             for watcher in list(self._watchers):
                 watcher.queue.put_nowait(None)
             await self._runner.cleanup()
@@ -287,8 +306,7 @@ class ApiServerDouble:
                                           "metadata": {"resourceVersion": str(store.rv)}, "items": items})
             if method == "POST":
                 body = await self._body(request)
-                return web.json_response(store.create(rtype, namespace, body, q.get("fieldManager")),
-                                         status=201)
+                return web.json_response(store.create(rtype, namespace, body, _manager(request)), status=201)
             raise ApiError(405, "MethodNotAllowed", f"{method} not allowed on a collection")
         if method == "GET":
             obj = store.get(rtype, namespace, name)
@@ -300,18 +318,21 @@ class ApiServerDouble:
             return web.json_response(obj)
         if method == "PUT":
             return web.json_response(store.replace(rtype, namespace, name, await self._body(request),
-                                                   subresource=sub))
+                                                   subresource=sub, manager=_manager(request)))
         if method == "PATCH":
             body = await self._body(request)
             if request.content_type == "application/apply-patch+yaml":
-                result = store.apply(rtype, namespace, name, body, q.get("fieldManager", ""), subresource=sub)
+                result = store.apply(rtype, namespace, name, body, q.get("fieldManager", ""),
+                                     force=q.get("force") in ("true", "1"), subresource=sub)
             else:
-                result = store.patch(rtype, namespace, name, request.content_type, body, subresource=sub)
+                result = store.patch(rtype, namespace, name, request.content_type, body, subresource=sub,
+                                     manager=_manager(request))
             return web.json_response(result)
         raise ApiError(405, "MethodNotAllowed", f"{method} not allowed")
 
     async def _watch(self, request: web.Request, rtype: ResourceType, namespace: str | None) -> web.StreamResponse:
         q = request.query
+        parse_selector(q.get("labelSelector"))  # 400 before the stream starts
         watcher = _Watcher(rtype, namespace, q.get("labelSelector"), q.get("fieldSelector"), asyncio.Queue())
         since = q.get("resourceVersion")
         # Collect the backlog and subscribe in one step (no await between): nothing is missed.

@@ -3,14 +3,28 @@
 `ObjectStore` models the API server semantics the operator relies on, once, for both doubles
 (this in-memory one and the HTTP one in apiserver_double.py): uid / resourceVersion /
 creationTimestamp, metadata.generation bumped only on non-metadata, non-status changes, the
-status and scale subresources, server-side apply per field manager (a manager's fields that
-it no longer applies are removed; lists are atomic), JSON merge patch (RFC 7386), JSON patch
-(RFC 6902, incl. `test`), label selectors, finalizers and deletionTimestamp, and garbage
-collection of dependents by ownerReference. No-op writes change nothing (no new
-resourceVersion, no watch event), as on a real API server.
+status and scale subresources, JSON merge patch (RFC 7386), JSON patch (RFC 6902, incl.
+`test`), finalizers and deletionTimestamp, and:
+- field ownership per field manager (managedFields with fieldsV1): a create, update or patch
+  makes its manager own the fields it changed (taking them from the others); server-side
+  apply of a field another manager owns with a different value is a 409 Conflict unless
+  `force=true`, which takes the field over; a field a manager no longer applies is removed
+  only if no other manager owns it too. Lists and atomic maps are one field each;
+- optimistic concurrency: a write carrying a `metadata.resourceVersion` (update, merge or
+  JSON patch, apply) fails with 409 Conflict when the object has changed since;
+- label selectors, equality- and set-based (`k=v`, `k!=v`, `k in (..)`, `k notin (..)`,
+  `k`, `!k`), malformed ones rejected with 400;
+- garbage collection by ownerReference: a dependent goes once none of its owners exists
+  (a dangling reference next to a live owner is dropped instead); `propagationPolicy`
+  Background (the default), Foreground (the owner stays, with the `foregroundDeletion`
+  finalizer, until its dependents are gone) and Orphan (dependents lose the reference and
+  stay). A child created for an owner that is already gone is collected too. Collection runs
+  in `collect_garbage()` (every moment in the HTTP double; called by in-memory tests), except
+  that a Background deletion takes the owner's dependents at once.
+No-op writes change nothing (no new resourceVersion, no watch event), as on a real API server.
 
-Simplifications (deliberate): apply never reports conflicts between managers; managedFields
-lists managers but not their field sets; deletion is immediate (no grace periods).
+Simplifications (deliberate): associative lists (containers by name, ...) are atomic here;
+deletion is immediate (no grace periods).
 """
 from __future__ import annotations
 
@@ -163,7 +177,11 @@ def json_patch(doc: Obj, ops: Iterable[Mapping[str, Any]]) -> Obj:
     return doc
 
 
-_REQ = re.compile(r"^\s*([A-Za-z0-9./_-]+)\s*(in|notin)\s*\(([^)]*)\)\s*$")
+_KEY = r"(?:[a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+_VALUE = r"(?:[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
+_SET = re.compile(rf"^\s*(?P<key>{_KEY})\s+(?P<op>in|notin)\s*\((?P<values>[^)]*)\)\s*$")
+_EQ = re.compile(rf"^\s*(?P<key>{_KEY})\s*(?P<op>==|=|!=)\s*(?P<value>{_VALUE})\s*$")
+_EXISTS = re.compile(rf"^\s*(?P<neg>!?)\s*(?P<key>{_KEY})\s*$")
 
 
 def _split_selector(selector: str) -> list[str]:
@@ -181,27 +199,33 @@ def _split_selector(selector: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+def parse_selector(selector: str | None) -> list[tuple[str, str, frozenset[str]]]:
+    """A label selector as (key, operator, values) requirements; 400 when it is malformed, as
+    the API server answers (operators: =, !=, in, notin, exists, !)."""
+    reqs = []
+    for req in _split_selector(selector or ""):
+        if m := _SET.match(req):
+            values = [v.strip() for v in m["values"].split(",")]
+            if not all(re.fullmatch(_VALUE, v) for v in values) or values == [""]:
+                raise ApiError(400, "BadRequest", f"unable to parse requirement: values of {req!r}")
+            reqs.append((m["key"], m["op"], frozenset(values)))
+        elif m := _EQ.match(req):
+            reqs.append((m["key"], "!=" if m["op"] == "!=" else "=", frozenset({m["value"]})))
+        elif m := _EXISTS.match(req):
+            reqs.append((m["key"], "!" if m["neg"] else "exists", frozenset()))
+        else:
+            raise ApiError(400, "BadRequest", f"unable to parse requirement: {req!r}")
+    return reqs
+
+
 def selector_matches(selector: str | None, labels: Mapping[str, str] | None) -> bool:
     """Kubernetes label selector syntax: k=v, k==v, k!=v, k, !k, k in (a,b), k notin (a,b)."""
     labels = labels or {}
-    for req in _split_selector(selector or ""):
-        if m := _REQ.match(req):
-            key, op, values = m.group(1), m.group(2), {v.strip() for v in m.group(3).split(",")}
-            present = key in labels and labels[key] in values
-            if present != (op == "in"):
-                return False
-        elif "!=" in req:
-            key, value = (s.strip() for s in req.split("!=", 1))
-            if labels.get(key) == value:
-                return False
-        elif "=" in req:
-            key, value = (s.strip() for s in req.replace("==", "=").split("=", 1))
-            if labels.get(key) != value:
-                return False
-        elif req.startswith("!"):
-            if req[1:].strip() in labels:
-                return False
-        elif req not in labels:
+    for key, op, values in parse_selector(selector):
+        value = labels.get(key)
+        ok = {"=": value in values, "in": value in values, "!=": value not in values,
+              "notin": value not in values, "exists": key in labels, "!": key not in labels}[op]
+        if not ok:
             return False
     return True
 
@@ -227,6 +251,44 @@ def _leaf_paths(obj: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
     if isinstance(obj, dict) and obj and not (prefix and prefix[-1] in ATOMIC_MAPS):
         return set().union(*(_leaf_paths(v, prefix + (k,)) for k, v in obj.items()))
     return {prefix}
+
+
+Path = tuple[str, ...]
+# Metadata the server keeps itself: nobody owns these fields.
+_UNOWNED_META = frozenset({"name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp",
+                           "managedFields", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink",
+                           "generateName"})
+
+
+def owned_paths(obj: Any) -> set[Path]:
+    """The fields a write of `obj` speaks for (what a manager owns after applying it)."""
+    return {p for p in _leaf_paths(obj) if p and p[0] not in ("apiVersion", "kind")
+            and not (p[0] == "metadata" and (len(p) == 1 or p[1] in _UNOWNED_META))}
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a[:len(b)] == b or b[:len(a)] == a
+
+
+_ABSENT = object()
+
+
+def _at(obj: Any, path: Path) -> Any:
+    node = obj
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
+
+
+def _fields_v1(paths: Iterable[Path]) -> Obj:
+    tree: Obj = {}
+    for path in sorted(paths):
+        node = tree
+        for part in path:
+            node = node.setdefault(f"f:{part}", {})
+    return tree
 
 
 def _remove_path(obj: Obj, path: tuple[str, ...]) -> None:
@@ -263,18 +325,26 @@ def _bury(obj: Obj, dotted: str, value: Any) -> None:
     node[last] = value
 
 
-def reject_invalid_defaults(crd: Obj) -> None:
-    """The API server checks every `default` of a CRD's schema as written (no nested defaults
-    filled in) against its node's schema and CEL rules, and rejects the CRD otherwise."""
-    from modelship_operator.api.validate import default_errors
+def reject_invalid_crd(crd: Obj) -> None:
+    """The API server's CRD validation: every version has a schema, the schema is structural,
+    and every `default` passes as written (no nested defaults filled in) against its node's
+    schema and CEL rules (api/validate.py has the same checks, offline)."""
+    from modelship_operator.api.validate import default_errors, structural_errors
 
+    errors = []
     for version in (crd.get("spec") or {}).get("versions") or []:
         schema = (version.get("schema") or {}).get("openAPIV3Schema")
-        errors = default_errors(schema) if schema else []
-        if errors:
-            name = (crd.get("metadata") or {}).get("name")
-            raise ApiError(422, "Invalid", f'CustomResourceDefinition.apiextensions.k8s.io "{name}" is invalid: '
-                                           + "; ".join(errors))
+        where = f"spec.versions[{version.get('name')}].schema.openAPIV3Schema"
+        if not schema:
+            errors.append(f"{where}: Required value: schemas are required")
+            continue
+        errors += [f"{where}{e}" for e in structural_errors(schema) + default_errors(schema)]
+    if errors:
+        name = (crd.get("metadata") or {}).get("name")
+        raise ApiError(422, "Invalid", f'CustomResourceDefinition.apiextensions.k8s.io "{name}" is invalid: '
+                                       + "; ".join(errors))
+
+
 
 
 def prune_unknown(value: Any, schema: Mapping[str, Any] | None) -> Any:
@@ -322,7 +392,8 @@ class WatchEvent:
 class ObjectStore:
     types: dict[tuple[str, str], ResourceType] = field(default_factory=dict)
     objects: dict[tuple[str, str], dict[tuple[str, str], Obj]] = field(default_factory=dict)
-    applied: dict[tuple, dict[str, Obj]] = field(default_factory=dict)  # per object, per manager
+    # field ownership: per object, per (manager, Apply|Update), the field paths it owns
+    managed: dict[tuple, dict[tuple[str, str], set[Path]]] = field(default_factory=dict)
     history: deque[WatchEvent] = field(default_factory=lambda: deque(maxlen=20000))
     listeners: list[Callable[[WatchEvent], None]] = field(default_factory=list)
     _rv: itertools.count = field(default_factory=lambda: itertools.count(1))
@@ -359,7 +430,7 @@ class ObjectStore:
         return out
 
     def _register_crd(self, crd: Obj) -> None:
-        reject_invalid_defaults(crd)
+        reject_invalid_crd(crd)
         spec = crd.get("spec", {})
         names = spec.get("names", {})
         for version in spec.get("versions", []):
@@ -413,6 +484,7 @@ class ObjectStore:
 
     def list(self, rtype: ResourceType, namespace: str | None = None,
              label_selector: str | None = None, field_selector: str | None = None) -> list[Obj]:
+        parse_selector(label_selector)  # a malformed selector is a 400 even when nothing is stored
         return [copy.deepcopy(o) for (ns, _), o in sorted(self._bucket(rtype).items())
                 if (not namespace or not rtype.namespaced or ns == namespace)
                 and selector_matches(label_selector, o["metadata"].get("labels"))
@@ -425,8 +497,12 @@ class ObjectStore:
 
     # ---- writes
 
+    def _okey(self, rtype: ResourceType, namespace: str | None, name: str) -> tuple:
+        return rtype.key, self._nskey(rtype, namespace, name)
+
     def create(self, rtype: ResourceType, namespace: str | None, body: Obj,
-               manager: str | None = None) -> Obj:
+               manager: str | None = None, *, applied: set[Path] | None = None) -> Obj:
+        """Create; `manager` owns every field it set (`applied`: the fields of an apply instead)."""
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
         if rtype.namespaced:
@@ -449,10 +525,8 @@ class ObjectStore:
             raise ApiError(409, "AlreadyExists", f'{rtype.plural} "{meta["name"]}" already exists')
         obj["apiVersion"], obj["kind"] = rtype.api_version, rtype.kind
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_iso(), generation=1)
-        meta.pop("deletionTimestamp", None)
-        if manager:
-            meta["managedFields"] = [{"manager": manager, "operation": "Update",
-                                      "apiVersion": rtype.api_version, "time": now_iso()}]
+        for server_side in ("deletionTimestamp", "resourceVersion", "managedFields"):
+            meta.pop(server_side, None)
         if "status" in rtype.subresources and rtype.kind != "Namespace":
             obj.pop("status", None)  # status is written through /status only
         if rtype.kind == "CustomResourceDefinition":
@@ -463,13 +537,52 @@ class ObjectStore:
             obj["status"] = {"phase": "Active"}
         obj = apply_defaults(rtype.api_version, rtype.kind, _prune_object(rtype, obj))
         meta = obj["metadata"]
+        okey = (rtype.key, key)
+        self.managed.pop(okey, None)
+        if manager:
+            entry = (manager, "Apply") if applied is not None else (manager, "Update")
+            self.managed[okey] = {entry: set(applied) if applied is not None else owned_paths(obj)}
+        meta["managedFields"] = self._managed_fields(rtype, okey, [])
         meta["resourceVersion"] = self._next_rv()
         self._bucket(rtype)[key] = obj
         self._emit("ADDED", rtype, obj)
         return copy.deepcopy(obj)
 
-    def _commit(self, rtype: ResourceType, old: Obj, new: Obj, *, subresource: str | None) -> Obj:
-        """Store `new` in place of `old` with API-server bookkeeping; no-ops write nothing."""
+    def _managed_fields(self, rtype: ResourceType, okey: tuple, previous: list[Obj]) -> list[Obj]:
+        """metadata.managedFields from the ownership table (an entry's time moves only when its
+        fields do, so a no-op write stays a no-op)."""
+        before = {(f.get("manager"), f.get("operation")): f for f in previous}
+        out = []
+        for (manager, operation), paths in sorted(self.managed.get(okey, {}).items()):
+            fields = _fields_v1(paths)
+            old = before.get((manager, operation))
+            same = old is not None and old.get("fieldsV1") == fields
+            out.append({"manager": manager, "operation": operation, "apiVersion": rtype.api_version,
+                        "time": old["time"] if same else now_iso(), "fieldsType": "FieldsV1",
+                        "fieldsV1": fields})
+        return out
+
+    def _take_over(self, okey: tuple, manager: str, old: Obj, new: Obj) -> None:
+        """An update or patch: its manager now owns what it changed; whoever owned those
+        fields (or fields it removed) no longer does."""
+        changed = {p for p in owned_paths(new) if _at(old, p) != _at(new, p)}
+        removed = {p for p in owned_paths(old) if _at(new, p) is _ABSENT}
+        if not changed and not removed:
+            return
+        owners = self.managed.setdefault(okey, {})
+        for entry, paths in list(owners.items()):
+            if entry != (manager, "Update"):
+                paths -= {p for p in paths if any(_overlaps(p, q) for q in changed | removed)}
+        mine = owners.setdefault((manager, "Update"), set())
+        mine -= {p for p in mine if any(_overlaps(p, q) for q in removed)}
+        mine |= changed
+        for entry in [e for e, paths in owners.items() if not paths]:
+            del owners[entry]
+
+    def _commit(self, rtype: ResourceType, old: Obj, new: Obj, *, subresource: str | None,
+                manager: str | None = None) -> Obj:
+        """Store `new` in place of `old` with API-server bookkeeping; no-ops write nothing.
+        `manager` (an update or patch) takes ownership of what it changed."""
         new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
         meta, old_meta = new.setdefault("metadata", {}), old["metadata"]
         for frozen in ("uid", "creationTimestamp", "name", "namespace", "deletionTimestamp",
@@ -492,7 +605,11 @@ class ObjectStore:
             apply_defaults(rtype.api_version, rtype.kind, new)
         meta = new["metadata"]
         if rtype.kind == "CustomResourceDefinition":
-            reject_invalid_defaults(new)
+            reject_invalid_crd(new)
+        okey = self._okey(rtype, meta.get("namespace"), meta["name"])
+        if manager:
+            self._take_over(okey, manager, old, new)
+        meta["managedFields"] = self._managed_fields(rtype, okey, old_meta.get("managedFields") or [])
         if new == old:
             return copy.deepcopy(old)
         if _spec_part(new) != _spec_part(old):
@@ -501,6 +618,7 @@ class ObjectStore:
         key = self._nskey(rtype, meta.get("namespace"), meta["name"])
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             del self._bucket(rtype)[key]
+            self.managed.pop(okey, None)
             self._emit("DELETED", rtype, new)
             self._collect_garbage(meta["uid"])
             return copy.deepcopy(new)
@@ -510,36 +628,40 @@ class ObjectStore:
         self._emit("MODIFIED", rtype, new)
         return copy.deepcopy(new)
 
-    def _check_rv(self, old: Obj, body: Any) -> None:
-        wanted = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
+    @staticmethod
+    def _check_rv(old: Obj, new: Any) -> None:
+        """A write that names a resourceVersion is conditional on it (optimistic concurrency)."""
+        wanted = (new.get("metadata") or {}).get("resourceVersion") if isinstance(new, dict) else None
         if wanted and wanted != old["metadata"]["resourceVersion"]:
             raise ApiError(409, "Conflict", "the object has been modified; please apply your changes "
                                             "to the latest version and try again")
 
     def patch(self, rtype: ResourceType, namespace: str | None, name: str, patch_type: str,
-              body: Any, *, subresource: str | None = None) -> Obj:
+              body: Any, *, subresource: str | None = None, manager: str | None = None) -> Obj:
         old = self.get(rtype, namespace, name)
         if subresource == "scale":
-            return self._patch_scale(rtype, old, patch_type, body)
+            return self._patch_scale(rtype, old, patch_type, body, manager)
         if patch_type in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
-            self._check_rv(old, body)
             new = merge_patch(old, body)
         elif patch_type == "application/json-patch+json":
             new = json_patch(old, body)
         else:
             raise ApiError(415, "UnsupportedMediaType", f"unsupported patch type {patch_type!r}")
+        self._check_rv(old, new)  # a resourceVersion the patch put in must be the current one
         if subresource not in (None, "status"):
             raise ApiError(404, "NotFound", f"no subresource {subresource!r}")
-        return self._commit(rtype, old, new, subresource=subresource)
+        return self._commit(rtype, old, new, subresource=subresource, manager=manager)
 
     def replace(self, rtype: ResourceType, namespace: str | None, name: str, body: Obj,
-                *, subresource: str | None = None) -> Obj:
+                *, subresource: str | None = None, manager: str | None = None) -> Obj:
         old = self.get(rtype, namespace, name)
         if subresource == "scale":
             return self._patch_scale(rtype, old, "application/merge-patch+json",
-                                     {"spec": {"replicas": body.get("spec", {}).get("replicas")}})
+                                     {"spec": {"replicas": body.get("spec", {}).get("replicas")},
+                                      "metadata": {"resourceVersion": (body.get("metadata") or {}).get(
+                                          "resourceVersion")}}, manager)
         self._check_rv(old, body)
-        return self._commit(rtype, old, copy.deepcopy(body), subresource=subresource)
+        return self._commit(rtype, old, copy.deepcopy(body), subresource=subresource, manager=manager)
 
     def scale_of(self, rtype: ResourceType, obj: Obj) -> Obj:
         meta = obj["metadata"]
@@ -554,17 +676,19 @@ class ObjectStore:
                 "status": {"replicas": _dig(obj, rtype.status_replicas_path) or 0,
                            **({"selector": selector} if selector else {})}}
 
-    def _patch_scale(self, rtype: ResourceType, old: Obj, patch_type: str, body: Any) -> Obj:
+    def _patch_scale(self, rtype: ResourceType, old: Obj, patch_type: str, body: Any,
+                     manager: str | None = None) -> Obj:
         scale = self.scale_of(rtype, old)
         new_scale = merge_patch(scale, body) if patch_type != "application/json-patch+json" \
             else json_patch(scale, body)
+        self._check_rv(old, new_scale)
         new = copy.deepcopy(old)
         _bury(new, rtype.spec_replicas_path, new_scale["spec"]["replicas"])
-        return self.scale_of(rtype, self._commit(rtype, old, new, subresource=None))
+        return self.scale_of(rtype, self._commit(rtype, old, new, subresource=None, manager=manager))
 
     def apply(self, rtype: ResourceType, namespace: str | None, name: str, body: Obj,
-              manager: str, *, subresource: str | None = None) -> Obj:
-        """Server-side apply: the manager's previous fields not applied again are removed."""
+              manager: str, *, force: bool = False, subresource: str | None = None) -> Obj:
+        """Server-side apply with field ownership (see the module docstring)."""
         if not manager:
             raise ApiError(400, "BadRequest", "fieldManager is required for apply patch")
         meta = body.get("metadata") or {}
@@ -573,48 +697,73 @@ class ObjectStore:
                                               f"{body.get('apiVersion')} does not match {rtype.kind}")
         if meta.get("name") != name:
             raise ApiError(400, "BadRequest", "the name of the object does not match the request")
-        okey = (rtype.key, self._nskey(rtype, namespace, name))
+        okey = self._okey(rtype, namespace, name)
+        mine = (manager, "Apply")
+        applied = owned_paths(body) - {("metadata", "resourceVersion")}
         old = self.find(rtype, namespace, name)
         if old is None:
-            self.applied.setdefault(okey, {})[manager] = copy.deepcopy(body)
-            created = self.create(rtype, namespace, body)
-            return self._record_manager(rtype, created, manager)
-        previous = self.applied.get(okey, {}).get(manager, {})
+            body = copy.deepcopy(body)
+            body.get("metadata", {}).pop("resourceVersion", None)
+            return self.create(rtype, namespace, body, manager, applied=applied)
+        self._check_rv(old, body)
+        owners = {e: set(p) for e, p in self.managed.get(okey, {}).items()}
+        others = {e: p for e, p in owners.items() if e != mine}
         new = copy.deepcopy(old)
-        for path in _leaf_paths(previous) - _leaf_paths(body):
-            if path[:1] not in (("apiVersion",), ("kind",)) and path[:2] != ("metadata", "name"):
+        for path in owners.get(mine, set()) - applied:  # no longer applied: gone unless shared
+            if not any(_overlaps(path, q) for q in applied) \
+                    and not any(_overlaps(path, q) for paths in others.values() for q in paths):
                 _remove_path(new, path)
-        new = _deep_merge(new, body)
-        self.applied.setdefault(okey, {})[manager] = copy.deepcopy(body)
-        result = self._commit(rtype, old, new, subresource=subresource)
-        return self._record_manager(rtype, result, manager)
-
-    def _record_manager(self, rtype: ResourceType, obj: Obj, manager: str) -> Obj:
-        fields = obj["metadata"].get("managedFields") or []
-        if any(f.get("manager") == manager and f.get("operation") == "Apply" for f in fields):
-            return obj
-        stored = self._bucket(rtype)[self._nskey(rtype, obj["metadata"].get("namespace"),
-                                                  obj["metadata"]["name"])]
-        stored["metadata"]["managedFields"] = [*fields, {
-            "manager": manager, "operation": "Apply", "apiVersion": rtype.api_version,
-            "time": now_iso(), "fieldsType": "FieldsV1"}]
-        return copy.deepcopy(stored)
+        new = _deep_merge(new, {k: v for k, v in body.items() if k != "metadata"} | {
+            "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}})
+        candidate = apply_defaults(rtype.api_version, rtype.kind, _prune_object(rtype, copy.deepcopy(new)))
+        conflicts: list[tuple[tuple[str, str], Path]] = []
+        for entry, paths in others.items():
+            for theirs in paths:
+                for ours in applied:
+                    deeper = theirs if len(theirs) >= len(ours) else ours
+                    if _overlaps(theirs, ours) and _at(old, deeper) != _at(candidate, deeper):
+                        conflicts.append((entry, theirs))
+        if conflicts and not force:
+            detail = "; ".join(f'conflict with "{m}"{" using " + rtype.api_version if op == "Update" else ""}: '
+                               f'.{".".join(p)}' for (m, op), p in sorted(set(conflicts)))
+            raise ApiError(409, "Conflict", f"Apply failed with {len(set(conflicts))} conflict(s): {detail}")
+        for entry, path in conflicts:  # forced: the field is ours now
+            others[entry].discard(path)
+        self.managed[okey] = {e: p for e, p in others.items() if p} | {mine: applied}
+        return self._commit(rtype, old, new, subresource=subresource)
 
     def delete(self, rtype: ResourceType, namespace: str | None, name: str,
                propagation: str = "Background") -> Obj:
+        if propagation not in ("Background", "Foreground", "Orphan"):
+            raise ApiError(400, "BadRequest", f"unsupported propagationPolicy {propagation!r}")
         obj = self.get(rtype, namespace, name)
         meta = obj["metadata"]
+        key = self._nskey(rtype, namespace, name)
+        if propagation == "Orphan":  # the dependents stay, without their reference to this owner
+            self._orphan_dependents(meta["uid"])
+        elif propagation == "Foreground" and self._dependents(meta["uid"]):
+            # The owner stays (deletionTimestamp + foregroundDeletion) until the collector has
+            # removed its dependents (collect_garbage), then goes.
+            stored = self._bucket(rtype)[key]
+            fins = meta.get("finalizers") or []
+            if not meta.get("deletionTimestamp") or "foregroundDeletion" not in fins:
+                stored["metadata"].setdefault("deletionTimestamp", now_iso())
+                stored["metadata"]["finalizers"] = [*fins, *(["foregroundDeletion"]
+                                                             if "foregroundDeletion" not in fins else [])]
+                stored["metadata"]["resourceVersion"] = self._next_rv()
+                self._emit("MODIFIED", rtype, stored)
+            return copy.deepcopy(stored)
         if meta.get("finalizers"):
             if not meta.get("deletionTimestamp"):
-                stored = self._bucket(rtype)[self._nskey(rtype, namespace, name)]
+                stored = self._bucket(rtype)[key]
                 stored["metadata"]["deletionTimestamp"] = now_iso()
                 stored["metadata"]["deletionGracePeriodSeconds"] = 0
                 stored["metadata"]["resourceVersion"] = self._next_rv()
                 self._emit("MODIFIED", rtype, stored)
                 return copy.deepcopy(stored)
             return obj
-        del self._bucket(rtype)[self._nskey(rtype, namespace, name)]
-        self.applied.pop((rtype.key, self._nskey(rtype, namespace, name)), None)
+        del self._bucket(rtype)[key]
+        self.managed.pop(self._okey(rtype, namespace, name), None)
         meta["resourceVersion"] = self._next_rv()
         self._emit("DELETED", rtype, obj)
         if rtype.kind == "Namespace":
@@ -626,21 +775,81 @@ class ObjectStore:
             for child in list(self.objects.get(crd_key, {}).values()):
                 self._delete_quietly(self.types[crd_key], child)
             self.types.pop(crd_key, None)
-        if propagation != "Orphan":
-            self._collect_garbage(meta["uid"])
+        self._collect_garbage(meta["uid"])
         return obj
 
-    def _delete_quietly(self, rtype: ResourceType, obj: Obj) -> None:
+    def _delete_quietly(self, rtype: ResourceType, obj: Obj, propagation: str = "Background") -> None:
         try:
-            self.delete(rtype, obj["metadata"].get("namespace"), obj["metadata"]["name"])
+            self.delete(rtype, obj["metadata"].get("namespace"), obj["metadata"]["name"], propagation)
         except ApiError:
             pass
 
+    # ---- the garbage collector
+
+    def _dependents(self, owner_uid: str) -> list[tuple[ResourceType, Obj]]:
+        return [(rtype, obj) for rtype, obj in list(self.all_objects())
+                if any(ref.get("uid") == owner_uid for ref in obj["metadata"].get("ownerReferences") or [])]
+
+    def _owner_exists(self, dependent: Obj, ref: Mapping[str, Any]) -> bool:
+        try:
+            rtype = self.type_for(str(ref.get("apiVersion")), str(ref.get("kind")))
+        except ApiError:
+            return True  # a kind the collector cannot resolve: it leaves the dependent alone
+        owner = self._bucket(rtype).get(self._nskey(rtype, dependent["metadata"].get("namespace"),
+                                                    str(ref.get("name"))))
+        return owner is not None and owner["metadata"].get("uid") == ref.get("uid")
+
+    def _collect_if_orphaned(self, rtype: ResourceType, obj: Obj) -> None:
+        """What the garbage collector does with a dependent: delete it when none of its owners
+        exists, drop the references to absent owners when some still do."""
+        refs = obj["metadata"].get("ownerReferences") or []
+        if not refs:
+            return
+        alive = [ref for ref in refs if self._owner_exists(obj, ref)]
+        if not alive:
+            self._delete_quietly(rtype, obj)
+        elif len(alive) < len(refs):
+            current = self._bucket(rtype).get(self._nskey(rtype, obj["metadata"].get("namespace"),
+                                                          obj["metadata"]["name"]))
+            if current is not None:
+                new = copy.deepcopy(current)
+                new["metadata"]["ownerReferences"] = alive
+                self._commit(rtype, copy.deepcopy(current), new, subresource=None,
+                             manager="generic-garbage-collector")
+
     def _collect_garbage(self, owner_uid: str) -> None:
-        """The garbage collector: delete everything owned by a uid that is gone."""
+        """An owner is gone: each of its dependents is collected (or keeps its other owners)."""
+        for rtype, obj in self._dependents(owner_uid):
+            self._collect_if_orphaned(rtype, obj)
+
+    def collect_garbage(self) -> None:
+        """One pass of the garbage collector over everything (the HTTP double runs it every
+        moment, as the real collector works shortly after a change; in-memory tests call it):
+        dependents none of whose owners exists go (a child created for an owner already
+        deleted), and owners in foreground deletion lose their dependents, then go themselves.
+        An owner deleted with Background propagation takes its dependents at once."""
         for rtype, obj in list(self.all_objects()):
-            if any(ref.get("uid") == owner_uid for ref in obj["metadata"].get("ownerReferences") or []):
-                self._delete_quietly(rtype, obj)
+            meta = obj["metadata"]
+            if meta.get("ownerReferences"):
+                self._collect_if_orphaned(rtype, obj)
+            if meta.get("deletionTimestamp") and "foregroundDeletion" in (meta.get("finalizers") or []):
+                for dep_type, dep in self._dependents(meta["uid"]):
+                    self._delete_quietly(dep_type, dep, "Foreground")
+                current = self.find(rtype, meta.get("namespace"), meta["name"])
+                if current is not None and not self._dependents(meta["uid"]):
+                    new = copy.deepcopy(current)
+                    new["metadata"]["finalizers"] = [f for f in current["metadata"]["finalizers"]
+                                                     if f != "foregroundDeletion"]
+                    self._commit(rtype, current, new, subresource=None)
+
+    def _orphan_dependents(self, owner_uid: str) -> None:
+        for rtype, obj in self._dependents(owner_uid):
+            new = copy.deepcopy(obj)
+            new["metadata"]["ownerReferences"] = [r for r in obj["metadata"]["ownerReferences"]
+                                                  if r.get("uid") != owner_uid]
+            if not new["metadata"]["ownerReferences"]:
+                del new["metadata"]["ownerReferences"]
+            self._commit(rtype, obj, new, subresource=None, manager="generic-garbage-collector")
 
     # ---- test helpers (what other controllers would do)
 
@@ -760,7 +969,8 @@ class KubeDouble:
         self._maybe_fail("apply", kind)
         rtype = self.store.type_for(manifest["apiVersion"], kind)
         result = self._call(lambda: self.store.apply(rtype, meta.get("namespace"), meta["name"],
-                                                     copy.deepcopy(dict(manifest)), self.field_manager),
+                                                     copy.deepcopy(dict(manifest)), self.field_manager,
+                                                     force=force),
                             "apply", kind)
         self.writes.append(Write("apply", kind, meta.get("namespace"), meta["name"], copy.deepcopy(manifest)))
         return result
@@ -791,7 +1001,8 @@ class KubeDouble:
         rtype = self.store.type_for(api_version, kind)
         body = {"status": copy.deepcopy(dict(status_patch))}
         result = self._call(lambda: self.store.patch(rtype, namespace, name, "application/merge-patch+json",
-                                                     body, subresource="status"), "patch_status", kind)
+                                                     body, subresource="status", manager=self.field_manager),
+                            "patch_status", kind)
         self.writes.append(Write("patch_status", kind, namespace, name, body))
         return result
 
@@ -801,7 +1012,8 @@ class KubeDouble:
         rtype = self.store.type_for(api_version, kind)
         patch = copy.deepcopy(list(body) if json_patch else dict(body))
         patch_type = "application/json-patch+json" if json_patch else "application/merge-patch+json"
-        result = self._call(lambda: self.store.patch(rtype, namespace, name, patch_type, patch), "patch", kind)
+        result = self._call(lambda: self.store.patch(rtype, namespace, name, patch_type, patch,
+                                                     manager=self.field_manager), "patch", kind)
         self.writes.append(Write("patch", kind, namespace, name, patch))
         return result
 
@@ -816,7 +1028,8 @@ class KubeDouble:
         if labels is not None:
             meta["labels"] = dict(labels)
         result = self._call(lambda: self.store.patch(rtype, namespace, name, "application/merge-patch+json",
-                                                     {"metadata": meta}), "patch_metadata", kind)
+                                                     {"metadata": meta}, manager=self.field_manager),
+                            "patch_metadata", kind)
         self.writes.append(Write("patch_metadata", kind, namespace, name, meta))
         return result
 

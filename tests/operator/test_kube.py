@@ -184,7 +184,9 @@ def test_served_uses_discovery_and_unknown_kinds_resolve_through_it(kube: Kube) 
            "metadata": {"name": "widgets.example.com"},
            "spec": {"group": "example.com", "scope": "Namespaced",
                     "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-                    "versions": [{"name": "v1", "served": True, "storage": True}]}}
+                    "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                        "type": "object", "properties": {"metadata": {"type": "object"}, "spec": {
+                            "type": "object", "properties": {"size": {"type": "integer"}}}}}}}]}}
 
     async def go(k: Kube) -> tuple[bool, bool, bool, dict]:
         before = await k.served("example.com", "v1", "widgets")

@@ -166,6 +166,11 @@ def test_a_changed_child_reconciles_its_owner_once_per_burst(double: ApiServerDo
     store = double.store
     crd = yaml.safe_load((ROOT / "crds" / "modeldeployments.modelship.dev.yaml").read_text())
     double.call(lambda: store.create(store.type_for("apiextensions.k8s.io/v1", "CustomResourceDefinition"), None, crd))
+    md = yaml.safe_load((ROOT / "examples" / "quickstart-cpu.yaml").read_text())
+    md["metadata"] = {"name": "m", "namespace": NS}
+    # a real owner: the garbage collector deletes a child whose owner does not exist
+    uid = double.call(lambda: store.create(store.type_for("modelship.dev/v1alpha1", "ModelDeployment"), NS, md))[
+        "metadata"]["uid"]
     calls: list[tuple[str, str, str]] = []
 
     async def reconcile_owner(namespace: str, name: str, trigger: str) -> None:
@@ -174,7 +179,7 @@ def test_a_changed_child_reconciles_its_owner_once_per_burst(double: ApiServerDo
     async def body(kube: Kube) -> None:
         watches = await caches.start(kube, (NS,), reconcile_owner)
         try:
-            await kube.apply(service("m", refs=owner()))
+            await kube.apply(service("m", refs=owner(uid)))
             await asyncio.sleep(0.5)
             assert calls == []
             svc = store.type_for("v1", "Service")
