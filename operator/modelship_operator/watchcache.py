@@ -63,17 +63,31 @@ def _slim(obj: Obj) -> Obj:
     return obj
 
 
+def equality_selector(selector: Mapping[str, str] | str | None) -> dict[str, str] | None:
+    """A selector of k=v / k==v terms only, as a mapping; None for anything else (set-based
+    terms, !=, existence), which the cache leaves to the API server."""
+    if not selector:
+        return {}
+    if isinstance(selector, Mapping):
+        return dict(selector)
+    out = {}
+    for term in selector.split(","):
+        if not term.strip():
+            continue
+        key, eq, value = term.replace("==", "=").partition("=")
+        if not eq or "!" in key or "(" in term or " " in key.strip() or not key.strip():
+            return None
+        out[key.strip()] = value.strip()
+    return out
+
+
 def selector_matches(selector: Mapping[str, str] | str | None, labels: Mapping[str, str] | None) -> bool:
     """Equality-based label selectors (what the operator asks the cache for)."""
-    if not selector:
-        return True
+    wanted = equality_selector(selector)
+    if wanted is None:
+        raise ValueError(f"the watch cache serves only k=v selectors, not {selector!r}")
     labels = labels or {}
-    if isinstance(selector, str):
-        pairs = [p.split("=", 1) for p in selector.replace("==", "=").split(",") if p.strip()]
-        if any(len(p) != 2 for p in pairs):
-            raise ValueError(f"the watch cache serves only k=v selectors, not {selector!r}")
-        selector = {k.strip(): v.strip() for k, v in pairs}
-    return all(labels.get(k) == v for k, v in selector.items())
+    return all(labels.get(k) == v for k, v in wanted.items())
 
 
 def controller_uid(obj: Mapping[str, Any]) -> str | None:
@@ -239,6 +253,8 @@ class WatchCache:
 
     async def list(self, api_version: str, kind: str, namespace: str | None,
                    label_selector: Mapping[str, str] | str | None) -> list[Obj] | None:
+        if equality_selector(label_selector) is None:
+            return None  # set-based: the API server evaluates it
         caches = await self._scope(api_version, kind, namespace)
         if caches is None or not self._selector_covers(caches, label_selector):
             return None
@@ -250,6 +266,8 @@ class WatchCache:
     async def owned(self, api_version: str, kind: str, namespace: str, owner_uid: str,
                     label_selector: Mapping[str, str] | str | None) -> list[Obj] | None:
         """Objects controlled by owner_uid (index lookup, not a scan)."""
+        if equality_selector(label_selector) is None:
+            return None
         caches = await self._scope(api_version, kind, namespace)
         if caches is None:
             return None
@@ -374,12 +392,7 @@ class WatchCache:
 
 
 def _as_labels(selector: Mapping[str, str] | str | None) -> dict[str, str]:
-    if not selector:
-        return {}
-    if isinstance(selector, Mapping):
-        return dict(selector)
-    return {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in selector.replace("==", "=").split(",")
-                                                if "=" in p)}
+    return equality_selector(selector) or {}
 
 
 def _copy(obj: Obj) -> Obj:

@@ -87,6 +87,10 @@ def test_reads_are_served_from_the_cache_with_no_request(double: ApiServerDouble
         # A read the label-filtered cache cannot answer goes to the API server.
         assert [o["metadata"]["name"] for o in await kube.list("v1", "Service", NS, {"x": "y"})] == ["other"]
         assert reads(double, mark) == {"list": 1}
+        # Set-based terms are the API server's to evaluate (the cache serves k=v terms only).
+        assert sorted(o["metadata"]["name"] for o in await kube.list("v1", "Service", NS, "x notin (y)")) == [
+            "a", "copy"]
+        assert reads(double, mark) == {"list": 2}
         # Callers may change what they got; the cache does not change with them.
         owned[0]["spec"]["selector"] = {}
         assert (await kube.owned("v1", "Service", NS, "uid-1"))[0]["spec"]["selector"] == {"a": "b"}
