@@ -28,5 +28,6 @@ def test_reliability_suite_short(example_model_dir: Path, tmp_path: Path) -> Non
     assert set(o["answers"]) <= {"200", "503"} and o["missing_retry_after"] == 0
     assert f["answers"]["unknown"] == 20000 and f["feedback_store_bytes"][1] == f["feedback_store_bytes"][0] > 0
     assert s["exit_code"] == 0 and s["lost"] == 0 and s["audited_200"] == s["client_200"] > 0
+    assert s["unanswered_but_handled"] == 0
     assert set(s["answers"]) <= {"200", "503"}
     assert "PASS  SIGTERM under load: 0 admitted requests lost" in proc.stdout
