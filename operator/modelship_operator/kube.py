@@ -7,6 +7,7 @@ a `Connection` and passed in. API failures come out as two exception types only:
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -207,6 +208,7 @@ class Kube:
     cache: Any = field(default=None, repr=False)
     # Requests sent, by verb (GET, LIST, WATCH, PATCH, ...): what the benchmark reports.
     requests: Counter = field(default_factory=Counter, repr=False)
+    _discovering: dict[str, asyncio.Future] = field(default_factory=dict, repr=False)  # in flight
 
     # ---- plumbing
 
@@ -440,11 +442,17 @@ class Kube:
             raise TemporaryError(f"{what}: connection error: {exc!r}") from exc
 
     async def served(self, group: str, version: str, plural: str) -> bool:
-        """Discovery: does the API server serve this resource (e.g. is a CRD installed)?"""
+        """Discovery: does the API server serve this resource (e.g. is a CRD installed)?
+        Callers asking at the same time share one request (a thousand reconciles starting
+        together make one discovery GET per group-version, not a thousand)."""
         api_version = f"{group}/{version}" if group else version
-        data = await self._request(
-            "GET", group_version_path(api_version), what=f"discover {api_version}", missing_ok=True
-        )
+        pending = self._discovering.get(api_version)
+        if pending is None:
+            pending = asyncio.ensure_future(self._request(
+                "GET", group_version_path(api_version), what=f"discover {api_version}", missing_ok=True))
+            self._discovering[api_version] = pending
+            pending.add_done_callback(lambda _: self._discovering.pop(api_version, None))
+        data = await asyncio.shield(pending)
         return any(r.get("name") == plural for r in (data or {}).get("resources", []))
 
     # ---- writes

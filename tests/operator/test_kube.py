@@ -273,3 +273,15 @@ def test_rotated_service_account_token_is_reread_after_401(apiserver: ApiServerD
         return await k.get("v1", "Namespace", None, "default")
 
     assert run(kube, go)["metadata"]["name"] == "default"
+
+
+def test_discovery_asked_by_many_at_once_is_one_request(apiserver: ApiServerDouble, kube: Kube) -> None:
+    """A thousand reconciles starting together must not each ask discovery (issue 9 item 11)."""
+    async def go(k: Kube) -> list[bool]:
+        return await asyncio.gather(*(k.served("apps", "v1", "deployments") for _ in range(20)),
+                                    *(k.served("apps", "v1", "nothing") for _ in range(5)))
+
+    mark = len(apiserver.request_log)
+    answers = run(kube, go)
+    assert answers == [True] * 20 + [False] * 5
+    assert apiserver.verbs(mark) == {"discovery": 1}
