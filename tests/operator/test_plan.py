@@ -123,11 +123,12 @@ def test_revision_hash_changes_with_pod_shaping_fields(change: dict) -> None:
     assert h(body(**change)) != h()
 
 
-def test_revision_hash_changes_with_the_operator_default_image() -> None:
-    assert h(settings=Settings(server_image="ghcr.io/modelship/server:0.2.0")) != h()
-    # ...but not when the spec pins its own image.
+def test_revision_hash_ignores_the_operator_default_image() -> None:
+    # An operator upgrade with a new default image rolls each Deployment in place, no new revision...
+    assert h(settings=Settings(server_image="ghcr.io/modelship/server:0.2.0")) == h()
+    # ...while an image the spec pins is the user's intent.
     pinned = body(server={"image": "registry.example.com/modelship:1"})
-    assert h(pinned, Settings(server_image="x/y:2")) == h(pinned)
+    assert h(pinned, Settings(server_image="x/y:2")) == h(pinned) != h()
 
 
 # --------------------------------------------------------------------------- numbering

@@ -1,7 +1,9 @@
 """The pod template of one revision: image, model source, env, resources, GPUs, scheduling. Pure.
 
 Everything here is derived from the pod-shaping part of the spec (`revisions.SHAPING_KEYS`)
-plus the operator's settings; the revision hash covers the same inputs.
+plus the operator's settings. A revision's identity covers only the user's intent in that part
+(`revisions.intent`): what is derived here (the default image, env, probes) may change with an
+operator upgrade, which rolls each Deployment in place (maxUnavailable 0), never a new revision.
 """
 from __future__ import annotations
 
