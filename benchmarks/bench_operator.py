@@ -48,9 +48,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def manifest(name: str, namespace: str) -> dict[str, Any]:
+def manifest(name: str, namespace: str, replicas: int) -> dict[str, Any]:
     body = yaml.safe_load((ROOT / "examples" / "quickstart-cpu.yaml").read_text())
     body["metadata"] = {"name": name, "namespace": namespace}
+    body["spec"]["replicas"] = replicas
     return body
 
 
@@ -103,9 +104,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="a real API server (default: KUBECONFIG; neither: the HTTP double)")
     parser.add_argument("--timeout", type=float, default=300.0, help="give up converging after this many s")
     parser.add_argument("--steady", type=float, default=10.0, help="steady-state window in s (default %(default)s)")
+    parser.add_argument("--replicas", type=int, default=None,
+                        help="spec.replicas of each (default: 2 on the double; 0 on a real server, so that "
+                             "no pods run: the operator's work is the same)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = parser.parse_args(argv)
-    result = run(args.n, args.kubeconfig, args.timeout, args.steady)
+    result = run(args.n, args.kubeconfig, args.timeout, args.steady, args.replicas)
     if args.json:
         print(json.dumps(result))
     else:
@@ -114,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if result["converged"] == args.n and not result["steady_writes"] else 1
 
 
-def run(n: int, kubeconfig: str | None, timeout: float, steady: float) -> dict[str, Any]:
+def run(n: int, kubeconfig: str | None, timeout: float, steady: float,
+        replicas: int | None = None) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     double = None
     if kubeconfig is None:
@@ -124,6 +129,7 @@ def run(n: int, kubeconfig: str | None, timeout: float, steady: float) -> dict[s
         kubeconfig = str(double.write_kubeconfig(tmp / "kubeconfig"))
     namespace = f"modelship-bench-{uuid.uuid4().hex[:6]}"
     connection = Connection.from_kubeconfig(kubeconfig)
+    replicas = (2 if double is not None else 0) if replicas is None else replicas
 
     async def client(fn: Any) -> Any:
         kube = Kube(connection, field_manager=BENCH)
@@ -133,8 +139,8 @@ def run(n: int, kubeconfig: str | None, timeout: float, steady: float) -> dict[s
             await kube.close()
 
     async def setup(kube: Kube) -> None:
-        crd = yaml.safe_load((ROOT / "crds" / "modeldeployments.modelship.dev.yaml").read_text())
-        await kube.apply(crd)
+        if not await kube.served("modelship.dev", "v1alpha1", "modeldeployments"):  # else leave it as installed
+            await kube.apply(yaml.safe_load((ROOT / "crds" / "modeldeployments.modelship.dev.yaml").read_text()))
         await kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
         for _ in range(100):
             if await kube.get(*MD[:1], "ModelDeployment", namespace, "absent") is None:
@@ -162,7 +168,7 @@ def run(n: int, kubeconfig: str | None, timeout: float, steady: float) -> dict[s
 
             async def one(i: int) -> None:
                 async with sem:
-                    await kube.create(manifest(f"md-{i:04d}", namespace))
+                    await kube.create(manifest(f"md-{i:04d}", namespace, replicas))
             await asyncio.gather(*(one(i) for i in range(n)))
         asyncio.run(client(create_all))
         created = time.monotonic() - started
@@ -178,16 +184,29 @@ def run(n: int, kubeconfig: str | None, timeout: float, steady: float) -> dict[s
         result["converged"] = asyncio.run(client(wait))
         result["converge_s"] = round(time.monotonic() - started, 2)
         result["create_s"] = round(created, 2)
+        # Converged status comes before the last events and kopf's own annotation patch: wait
+        # until the operator has written nothing for a while before the steady window.
+        result["settled_s"] = round(_settle(double, log_path, started, timeout) - started, 2)
         if double is not None:
             result["requests_converging"] = _operator_verbs(double, mark)
             mark = len(double.request_log)
+        window_start, versions = time.time(), asyncio.run(client(lambda k: _versions(k, namespace)))
         time.sleep(steady)
         if double is not None:
             steady_verbs = _operator_verbs(double, mark)
             result["requests_steady"] = steady_verbs
             result["steady_writes"] = sum(v for k, v in steady_verbs.items() if k in WRITES)
+            if result["steady_writes"]:
+                result["steady_write_requests"] = _operator_writes(double, mark)
         else:
-            result["steady_writes"] = None  # see the operator's own counters below
+            # A real server does not tell us who wrote: count what changed in the window (the
+            # ModelDeployments carry our status and kopf's annotations; events are ours) and
+            # the reconciles the operator logged as having written.
+            after = asyncio.run(client(lambda k: _versions(k, namespace)))
+            changed = sorted(k for k, v in after.items() if versions.get(k) != v)
+            result["steady_changed_objects"] = changed[:10]
+            result["steady_reconciles_that_wrote"] = _logged_writes(log_path, window_start)
+            result["steady_writes"] = len(changed) + result["steady_reconciles_that_wrote"]
         result["peak_rss_mb"] = round(peak_rss_mb(proc.pid), 1)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -207,9 +226,69 @@ def run(n: int, kubeconfig: str | None, timeout: float, steady: float) -> dict[s
             pass
         if double is not None:
             double.stop()
-    if result.get("steady_writes") is None and result.get("operator_client_requests") is not None:
-        result["steady_writes"] = "n/a on a real server (see operator_client_requests)"
     return result
+
+
+def _operator_writes_since(double: Any, since: int) -> int:
+    return sum(1 for r in list(double.request_log)[since:]
+               if r.verb in WRITES and not r.user_agent.startswith((BENCH, LEASE_CLIENT)))
+
+
+def _settle(double: Any, log_path: Path, started: float, timeout: float, quiet: float = 3.0) -> float:
+    """When the operator stopped writing (no write for `quiet` seconds; on a real server, no
+    reconcile logged as having written)."""
+    last, mark = time.monotonic(), len(double.request_log) if double else 0
+    lines = 0
+    while time.monotonic() - last < quiet and time.monotonic() - started < timeout:
+        time.sleep(0.25)
+        if double is not None:
+            if _operator_writes_since(double, mark):
+                mark, last = len(double.request_log), time.monotonic()
+        else:
+            count = _logged_writes(log_path, 0.0)
+            if count != lines:
+                lines, last = count, time.monotonic()
+    return last
+
+
+async def _versions(kube: Kube, namespace: str) -> dict[str, str]:
+    """resourceVersion of every ModelDeployment and Event in the namespace."""
+    out = {}
+    for api_version, kind in (MD, ("v1", "Event")):
+        for obj in await kube.list(api_version, kind, namespace):
+            out[f"{kind}/{obj['metadata']['name']}"] = obj["metadata"]["resourceVersion"]
+    return out
+
+
+def _logged_writes(log_path: Path, since_epoch: float) -> int:
+    """Reconciles the operator logged at INFO or above (it logs a reconcile at INFO only when it
+    wrote), and kopf's handler runs (each patches its annotations), after `since_epoch`."""
+    from datetime import datetime
+    count = 0
+    for line in log_path.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        message = str(entry.get("message", ""))
+        if message.startswith("reconciled ") or (message.startswith("Handler ") and "succeeded" in message):
+            at = datetime.fromisoformat(str(entry.get("time"))).timestamp()
+            count += at >= since_epoch
+    return count
+
+
+def _operator_writes(double: Any, since: int, top: int = 8) -> dict[str, int]:
+    """The most frequent writes (method and path, object names folded) since `since`."""
+    counts: dict[str, int] = {}
+    for record in list(double.request_log)[since:]:
+        if record.verb in WRITES and not record.user_agent.startswith((BENCH, LEASE_CLIENT)):
+            parts = record.path.split("?")[0].split("/")
+            what = f"{record.method} {'/'.join(p if i < 6 or p in ('status', 'scale') else '*' for i, p in enumerate(parts))}"
+            key = f"{what} ({record.user_agent.split('/')[0]})"
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:top])
 
 
 def _operator_verbs(double: Any, since: int) -> dict[str, int]:
