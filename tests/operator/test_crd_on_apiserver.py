@@ -21,6 +21,9 @@ from modelship_operator.api import validate as V
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.cluster
 COLLECTION = "/apis/modelship.dev/v1alpha1/namespaces/default/modeldeployments"
+# The e2e tests install the CRD under this field manager (test_e2e.install_crd); applying under the
+# same one, forced, never stops at an ownership conflict before the API server validates the CRD.
+APPLY = ("apply", "--server-side", "--field-manager=modelship-e2e", "--force-conflicts", "--validate=false")
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +41,14 @@ def kubectl(request: pytest.FixtureRequest) -> Any:
 
 
 def test_generated_crd_installs_and_the_old_one_is_rejected(kubectl: Any) -> None:
-    created = kubectl("apply", "--server-side", "--validate=false", "-f", str(ROOT / "crds"))
+    created = kubectl(*APPLY, "-f", str(ROOT / "crds"))
     assert created.returncode == 0, created.stderr
     assert kubectl("wait", "--for=condition=Established", f"crd/{crdgen.CRD_NAME}", "--timeout=60s").returncode == 0
     old = subprocess.run(["git", "show", "496c2e9:crds/modeldeployments.modelship.dev.yaml"], cwd=ROOT,
                          capture_output=True, text=True)
     if old.returncode != 0:
         pytest.skip("no git history here")
-    rejected = kubectl("apply", "--server-side", "--dry-run=server", "--validate=false", "-f", "-",
+    rejected = kubectl(*APPLY, "--dry-run=server", "-f", "-",
                        body=yaml.safe_load(old.stdout))
     assert rejected.returncode != 0
     offline = {e.split(":", 1)[0] for e in V.crd_errors(yaml.safe_load(old.stdout))}
@@ -62,7 +65,7 @@ def _server_verdict(kubectl: Any, doc: dict[str, Any]) -> tuple[bool, dict[str, 
 
 
 def test_verdicts_and_defaulting_equal_the_api_server(kubectl: Any) -> None:
-    assert kubectl("apply", "--server-side", "--validate=false", "-f", str(ROOT / "crds")).returncode == 0
+    assert kubectl(*APPLY, "-f", str(ROOT / "crds")).returncode == 0
     kubectl("wait", "--for=condition=Established", f"crd/{crdgen.CRD_NAME}", "--timeout=60s")
     disagree = []
     for case, mutation, *_ in cases.INVALID:
