@@ -284,13 +284,16 @@ def test_rbac_is_least_privilege_and_covers_every_child() -> None:
               "HTTPRoute": "httproutes"}
     for api_version, kind, _ in reconcile.CHILD_KINDS:
         group = api_version.split("/")[0] if "/" in api_version else ""
-        assert {"get", "list", "watch", "patch", "delete"} <= grants[(group, plural[kind])], kind
+        # watch caches (list, watch), server-side apply (patch; create when it creates), prune (delete)
+        assert grants[(group, plural[kind])] == {"list", "watch", "create", "patch", "delete"}, kind
     custom = grants[("modelship.dev", "modeldeployments")]
     assert {"get", "list", "watch"} <= custom and not custom & {"create", "update", "delete", "deletecollection"}
     assert "patch" in grants[("modelship.dev", "modeldeployments/status")]
     assert ("modelship.dev", "modeldeployments/scale") not in grants  # the HPA scales, not us
     assert {"create", "patch"} <= grants[("", "events")]
-    assert {"get", "list"} <= grants[("", "pods")]  # analysis finds the pods it scrapes
+    assert grants[("", "pods")] == {"list"}  # analysis finds the pods it scrapes
+    # blockOwnerDeletion on the children's ownerReference (OwnerReferencesPermissionEnforcement)
+    assert grants[("modelship.dev", "modeldeployments/finalizers")] == {"update"}
     assert not any(r in ("secrets", "configmaps", "pods/proxy", "pods/exec") for _, r in grants)
 
 
