@@ -151,7 +151,9 @@ def run(n: int, kubeconfig: str | None, timeout: float, steady: float,
         controller.start()
 
     log_path = tmp / "operator.log"
+    # Its own Lease in its own namespace: another operator on a shared cluster is not a rival.
     env = dict(os.environ, MODELSHIP_NAMESPACES=namespace, MODELSHIP_LOG_FORMAT="json",
+               MODELSHIP_LEASE_NAME="modelship-bench", MODELSHIP_LEASE_NAMESPACE=namespace,
                MODELSHIP_RESYNC_SECONDS="30", MODELSHIP_SERVER_IMAGE="ghcr.io/modelship/server:bench")
     with log_path.open("w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "modelship_operator", "--kubeconfig", kubeconfig,

@@ -41,6 +41,14 @@ class WriteRecord:
 
 
 @dataclass(frozen=True)
+class Injected:
+    """An injected failure: the error answered, and whether the write was applied anyway."""
+
+    error: ApiError
+    after: bool = False
+
+
+@dataclass(frozen=True)
 class RequestRecord:
     method: str
     path: str  # with the query string
@@ -101,6 +109,10 @@ class ApiServerDouble:
         self._runner: web.AppRunner | None = None
         self._stopping: asyncio.Event | None = None
         self._collector: asyncio.Task | None = None
+        # Fault injection (benchmarks/fault_injection.py): called for every write request with
+        # (method, path, user agent); an Injected answer replaces the response, before the
+        # write is applied or, with `after`, once it has been (the answer is lost on its way).
+        self.fault: Callable[[str, str, str], Injected | None] | None = None
         self.url = ""
 
     # ---- lifecycle
@@ -227,12 +239,20 @@ class ApiServerDouble:
             if method in (None, request.method) and part in request.path:
                 del self._failures[i]
                 return web.json_response(error.body(), status=error.status)
+        injected = None
+        if self.fault is not None and request.method != "GET":
+            injected = self.fault(request.method, request.path, request.headers.get("User-Agent", ""))
+            if injected is not None and not injected.after:
+                return web.json_response(injected.error.body(), status=injected.error.status)
         try:
-            return await self._dispatch(request)
+            response = await self._dispatch(request)
         except ApiError as exc:
-            return web.json_response(exc.body(), status=exc.status)
+            response = web.json_response(exc.body(), status=exc.status)
         except (ValueError, KeyError, TypeError) as exc:
-            return web.json_response(ApiError(400, "BadRequest", f"bad request: {exc!r}").body(), status=400)
+            response = web.json_response(ApiError(400, "BadRequest", f"bad request: {exc!r}").body(), status=400)
+        if injected is not None:
+            return web.json_response(injected.error.body(), status=injected.error.status)
+        return response
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         parts = [p for p in request.path.split("/") if p]

@@ -44,6 +44,11 @@ class Scheduler:
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
     resync_concurrency: int = 4  # reconciles in flight at once during a resync
+    # Reconciles in flight at once, whatever started them (controller-runtime's
+    # MaxConcurrentReconciles): 1,000 objects created together must not put 1,000 reconciles'
+    # requests in front of the API server and the HTTP pool at once (each then finishes late,
+    # requests time out in the pool, and the Lease renewal waits behind them all).
+    concurrency: int = 32
     # Failures expected in normal operation (e.g. the API server answering 503): logged without
     # a traceback. Anything else is a bug and is logged with one; both are retried.
     expected_errors: tuple[type[BaseException], ...] = ()
@@ -55,6 +60,7 @@ class Scheduler:
     failures: dict[Key, int] = field(default_factory=dict)  # consecutive failures per object
     _resync_task: asyncio.Task | None = None
     _locks: weakref.WeakValueDictionary = field(default_factory=weakref.WeakValueDictionary)
+    _slots: asyncio.Semaphore | None = None
 
     # ---- one object
 
@@ -73,8 +79,11 @@ class Scheduler:
             if not self.active():
                 log.debug("not reconciling %s/%s (%s): not the leader", namespace, name, trigger)
                 return False
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(max(1, self.concurrency))
             try:
-                requeue = await self.reconcile(namespace, name, trigger)
+                async with self._slots:
+                    requeue = await self.reconcile(namespace, name, trigger)
             except Exception as exc:  # noqa: BLE001 - isolation is the point: any error, this object only
                 failures = self.failures.get(key, 0) + 1
                 self.failures[key] = failures
