@@ -15,13 +15,14 @@ the runtime maps a child to its owner and reconciles it within moments (a child 
 someone else is put back without waiting for the resync).
 
 Objects are kept without `metadata.managedFields` (nothing reads them; they are most of an
-object's size), the way client-go's informers are usually configured.
+object's size), the way client-go's informers are usually configured, and as compact JSON
+(`Stored`): a sixth of the memory of Python dicts, and a read parses a private copy.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
+import json
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
@@ -49,10 +50,32 @@ def resource_version(obj: Mapping[str, Any]) -> int | None:
         return None
 
 
-def _newer(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+class Stored:
+    """A cached object, kept as compact JSON (a Deployment is ~3 KB of JSON, ~20 KB of Python
+    dicts: 1,000 ModelDeployments' children fit in a few MB) with what lookups need alongside.
+    Reading it parses a fresh copy, which callers may change (cheaper than a deepcopy)."""
+
+    __slots__ = ("rv", "labels", "owner", "blob")
+
+    def __init__(self, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        self.rv = resource_version(obj)
+        self.labels: dict[str, str] = dict(meta.get("labels") or {})
+        self.owner = controller_uid(obj)
+        self.blob = json.dumps(obj, separators=(",", ":")).encode()
+
+    def obj(self) -> Obj:
+        return json.loads(self.blob)
+
+
+def _rv(obj: Mapping[str, Any] | Stored) -> int | None:
+    return obj.rv if isinstance(obj, Stored) else resource_version(obj)
+
+
+def _newer(new: Mapping[str, Any] | Stored, old: Mapping[str, Any] | Stored | None) -> bool:
     if old is None:
         return True
-    a, b = resource_version(new), resource_version(old)
+    a, b = _rv(new), _rv(old)
     return a is None or b is None or a > b
 
 
@@ -105,7 +128,7 @@ class KindCache:
     kind: str
     namespace: str | None
     label_selector: str | None
-    objects: dict[Key, Obj] = field(default_factory=dict)
+    objects: dict[Key, Stored] = field(default_factory=dict)
     by_owner: dict[str, set[Key]] = field(default_factory=dict)
     tombstones: dict[Key, int] = field(default_factory=dict)  # deleted by us, rv at deletion
     synced: asyncio.Event = field(default_factory=asyncio.Event)
@@ -122,7 +145,7 @@ class KindCache:
 
     def _index(self, key: Key, obj: Obj | None) -> None:
         old = self.objects.get(key)
-        if old is not None and (uid := controller_uid(old)):
+        if old is not None and (uid := old.owner):
             keys = self.by_owner.get(uid)
             if keys is not None:
                 keys.discard(key)
@@ -131,8 +154,8 @@ class KindCache:
         if obj is None:
             self.objects.pop(key, None)
         else:
-            self.objects[key] = obj
-            if uid := controller_uid(obj):
+            stored = self.objects[key] = Stored(obj)
+            if uid := stored.owner:
                 self.by_owner.setdefault(uid, set()).add(key)
 
     def replace_all(self, items: Iterable[Obj]) -> None:
@@ -158,7 +181,7 @@ class KindCache:
         key = self.key(obj)
         present = key in self.objects
         if tombstone:
-            held = resource_version(self.objects.get(key) or obj) or 0
+            held = _rv(self.objects.get(key) or obj) or 0
             self.tombstones[key] = max(held, resource_version(obj) or 0)
         else:
             self.tombstones.pop(key, None)
@@ -246,9 +269,9 @@ class WatchCache:
         if caches is None or any(c.label_selector for c in caches):
             return False
         for cache in caches:
-            obj = cache.objects.get((namespace or "", name))
-            if obj is not None:
-                return _copy(obj)
+            stored = cache.objects.get((namespace or "", name))
+            if stored is not None:
+                return stored.obj()
         return None
 
     async def list(self, api_version: str, kind: str, namespace: str | None,
@@ -258,9 +281,8 @@ class WatchCache:
         caches = await self._scope(api_version, kind, namespace)
         if caches is None or not self._selector_covers(caches, label_selector):
             return None
-        out = [_copy(o) for c in caches for (ns, _), o in sorted(c.objects.items())
-               if (namespace is None or ns == namespace)
-               and selector_matches(label_selector, (o.get("metadata") or {}).get("labels"))]
+        out = [o.obj() for c in caches for (ns, _), o in sorted(c.objects.items())
+               if (namespace is None or ns == namespace) and selector_matches(label_selector, o.labels)]
         return out
 
     async def owned(self, api_version: str, kind: str, namespace: str, owner_uid: str,
@@ -273,9 +295,8 @@ class WatchCache:
             return None
         # A child whose labels someone removed is not here (nor in a label-selected LIST): the
         # caller applies it again, which restores the labels.
-        return [_copy(cache.objects[key]) for cache in caches for key in sorted(cache.by_owner.get(owner_uid, ()))
-                if key[0] == namespace
-                and selector_matches(label_selector, (cache.objects[key].get("metadata") or {}).get("labels"))]
+        return [cache.objects[key].obj() for cache in caches for key in sorted(cache.by_owner.get(owner_uid, ()))
+                if key[0] == namespace and selector_matches(label_selector, cache.objects[key].labels)]
 
     # ---- our own writes
 
@@ -376,13 +397,13 @@ class WatchCache:
             else:
                 self._notify(cache.kind, event_type, obj)
 
-    def _diff(self, cache: KindCache, previous: dict[Key, Obj]) -> None:
-        for key, obj in cache.objects.items():
-            if key not in previous or _newer(obj, previous[key]):
-                self._notify(cache.kind, "MODIFIED" if key in previous else "ADDED", obj)
-        for key, obj in previous.items():
+    def _diff(self, cache: KindCache, previous: dict[Key, Stored]) -> None:
+        for key, stored in cache.objects.items():
+            if key not in previous or _newer(stored, previous[key]):
+                self._notify(cache.kind, "MODIFIED" if key in previous else "ADDED", stored.obj())
+        for key, stored in previous.items():
             if key not in cache.objects:
-                self._notify(cache.kind, "DELETED", obj)
+                self._notify(cache.kind, "DELETED", stored.obj())
 
     def _notify(self, kind: str, event_type: str, obj: Obj) -> None:
         if self.on_change is None:
@@ -394,7 +415,3 @@ class WatchCache:
 def _as_labels(selector: Mapping[str, str] | str | None) -> dict[str, str]:
     return equality_selector(selector) or {}
 
-
-def _copy(obj: Obj) -> Obj:
-    """Callers may modify what they get; the cache must not change with them."""
-    return copy.deepcopy(obj)

@@ -156,7 +156,7 @@ def test_the_cache_never_steps_back() -> None:
                              "ownerReferences": owner()}}
     assert cache.upsert(obj(5))
     assert not cache.upsert(obj(3))  # a late watch event of an older version
-    assert cache.objects[(NS, "a")]["metadata"]["resourceVersion"] == "5"
+    assert cache.objects[(NS, "a")].obj()["metadata"]["resourceVersion"] == "5"
     cache.remove(obj(5), tombstone=True)  # we deleted it
     assert not cache.upsert(obj(5))  # its last MODIFIED event, still on the way
     assert cache.by_owner == {}
