@@ -66,6 +66,15 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time the process has used (all its threads)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_server(model_dir: Path, port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "modelship_server", "--model-uri", (model_dir / "model.pt").resolve().as_uri(),
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
@@ -217,7 +226,9 @@ async def overload_phase(port: int, pid: int, args: argparse.Namespace, bodies: 
     sampler = asyncio.create_task(_sample_rss(pid, 1.0, samples, stop_at))
     loop = asyncio.get_running_loop()
     loop.call_later(args.duration, stop_at.set)
+    cpu0, client0 = cpu_seconds(pid), time.process_time()
     load = await drive(port, connections, bodies, args.rows, stop_at, "ovl")
+    cpu1, client1 = cpu_seconds(pid), time.process_time()
     await sampler
     rss = [r for _, r in samples]
     settle = rss[max(0, len(rss) // 10 - 1)] if rss else None
@@ -228,6 +239,11 @@ async def overload_phase(port: int, pid: int, args: argparse.Namespace, bodies: 
         "shed_share": round(load.statuses[503] / max(1, sum(load.statuses.values())), 3),
         "missing_retry_after": load.missing_retry_after, "other_5xx": other_5xx,
         "no_answer": load.no_answer, "rows_per_s": round(load.rows_ok / load.seconds),
+        # CPU per answer: less sensitive than rows/s to what else runs on the machine
+        "server_cpu_s": round(cpu1 - cpu0, 1) if cpu0 is not None and cpu1 is not None else None,
+        "server_cpu_us_per_answer": round((cpu1 - cpu0) * 1e6 / max(1, sum(load.statuses.values())))
+        if cpu0 is not None and cpu1 is not None else None,
+        "client_cpu_s": round(client1 - client0, 1),
         "rss_mb": {"first": rss[0] if rss else None, "after_first_tenth": settle, "max": max(rss) if rss else None,
                    "last": rss[-1] if rss else None},
         "rss_samples": samples[:: max(1, len(samples) // 12)],
@@ -393,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
           f"at once, queue {o['max_queue_rows']} rows, {o['seconds']} s")
     print(f"            answers {o['answers']} (shed {o['shed_share']:.1%}), no answer {o['no_answer']}, "
           f"{o['rows_per_s']:,} rows/s served")
+    print(f"            server CPU {o['server_cpu_s']} s ({o['server_cpu_us_per_answer']} us per answer), "
+          f"this client's CPU {o['client_cpu_s']} s")
     print(f"            RSS MB: ready {o['rss_mb']['ready']:.0f}, after the first tenth {o['rss_mb']['after_first_tenth']}, "
           f"max {o['rss_mb']['max']}, last {o['rss_mb']['last']}   samples (s, MB) {o['rss_samples']}")
     print(f"            stores: feedback {o['store_bytes']['feedback'] / MIB:.1f} of {o['store_budget_bytes']['feedback'] / MIB:.0f} MiB, "

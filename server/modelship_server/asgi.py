@@ -65,6 +65,11 @@ def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
         return None
 
 
+def _expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:
+    value = _header(headers, b"expect")
+    return value is not None and value.lower() == b"100-continue"
+
+
 def _too_large(limit: int) -> BodyTooLarge:
     return BodyTooLarge(f"request body larger than {limit} bytes (the limit follows MODELSHIP_MAX_BATCH_ROWS"
                         " and the model's row size; MODELSHIP_MAX_BODY_BYTES sets it)")  # fmt: skip
@@ -190,6 +195,7 @@ class ModelshipASGI:
         service.inflight += 1
         call = Call(request_id.decode())
         body = b""
+        body_read = False
         error: str | None = None
         try:
             # 0 until a model is attached: the handler answers 503 (or 404) without the body.
@@ -198,7 +204,15 @@ class ModelshipASGI:
                 declared = _declared_length(scope["headers"])
                 if declared is not None and declared > limit:
                     raise _too_large(limit)
+                # Shed before reading or decoding the body (404 for another model first). The
+                # body is left unread: the HTTP server still parses it off the connection and
+                # discards it, so keep-alive framing holds (closing instead would reset a
+                # connection with unread bytes and could lose the 503 itself).
+                if args:
+                    service.check_model(*args)
+                service.check_admission()
                 body = await _read_body(receive, limit)
+                body_read = True
             if protocol == v2.PROTOCOL:
                 raw = _header(scope["headers"], v2.HEADER_LENGTH)
                 try:
@@ -217,6 +231,10 @@ class ModelshipASGI:
             reply = Reply(500, dumps({"error": error}))
         finally:
             service.inflight -= 1
+        if not body_read and _expects_continue(scope["headers"]):
+            # Answered before "100 Continue": the client sends no body, so none may be expected
+            # on this connection any more.
+            reply.headers = [*(reply.headers or ()), (b"connection", b"close")]
         await _send_reply(send, reply, [self._version, (REQUEST_ID, request_id)])
         elapsed = time.perf_counter() - start
         service.metrics.observe_request(protocol, reply.status, elapsed)

@@ -209,6 +209,13 @@ class Batcher:
 
     # -- admission -------------------------------------------------------------------------
 
+    def admits(self, rows: int = 1) -> bool:
+        """Whether a request of `rows` rows would be queued now (submit's rule, without a
+        payload: the server asks with rows=1 before reading a body, to shed without decoding).
+        An empty queue admits any request, so one larger than max_queue is not shed forever."""
+        waiting = self.queued_rows
+        return not waiting or waiting + rows <= self.max_queue
+
     async def submit(self, payload: Any, rows: int) -> Any:
         """Queue `payload` (carrying `rows` rows) and return its result.
 
@@ -218,9 +225,7 @@ class Batcher:
             if self._dead is not None:
                 raise Unavailable(f"server unhealthy: {self._dead}")
             raise ShuttingDown()
-        # An empty queue admits any request, so one larger than max_queue is not shed forever.
-        waiting = self.queued_rows
-        if waiting and waiting + rows > self.max_queue:
+        if not self.admits(rows):
             raise QueueFull()
         clock = self._clock
         assert clock is not None and self._loop is not None

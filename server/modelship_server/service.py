@@ -14,7 +14,7 @@ import numpy as np
 
 from .batcher import Batcher
 from .codec import body_limit, feedback_body_limit
-from .errors import NotFound, ShuttingDown, Unavailable
+from .errors import NotFound, QueueFull, ShuttingDown, Unavailable
 from .feedback import MAX_FEEDBACK_ITEMS
 from .metrics import Metrics
 from .monitoring import Monitoring, build_monitoring
@@ -197,6 +197,19 @@ class Service:
             raise NotFound(f"model {name!r} not found (this server serves {self.name!r})")
         if version is not None and version != self.version:
             raise NotFound(f"model {name!r} has no version {version!r} (serving {self.version!r})")
+
+    def check_admission(self) -> None:
+        """Before a request's body is read: 503 + Retry-After when no request could be queued
+        now, whatever its size (no free row in the queue, or shutting down). Shedding then costs
+        no body decoding, so clients that retry at once do not starve the admitted requests of
+        the event loop. A request that passes may still be shed once its rows are known."""
+        batcher = self.batcher
+        if batcher is None or batcher.dead:
+            return  # the handler answers: loading, or unhealthy
+        if self.shutting_down:
+            raise ShuttingDown()
+        if not batcher.admits(1):
+            raise QueueFull()
 
     async def infer(self, inputs: dict[str, np.ndarray], rows: int, call: Call | None = None) -> Result:
         batcher = self.batcher
