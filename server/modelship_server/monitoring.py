@@ -20,7 +20,7 @@ import numpy as np
 
 from .audit import AuditLogger
 from .drift import PROFILE_FILENAME, DriftMonitor, DriftReport, PeriodicStats, ProfileError, load_profile, run_periodically
-from .fetch import fetch_file
+from .fetch import FetchOptions, fetch_file
 from .feedback import FeedbackStore
 from .settings import Settings
 from .signature import Signature
@@ -162,7 +162,9 @@ def locate_profile(settings: Settings, model_path: str | None) -> Path | None:
     parsed = urllib.parse.urlparse(ref)
     if parsed.scheme in REMOTE_SCHEMES:
         target = Path(settings.model_dir) / "drift" / PROFILE_FILENAME
-        fetch_file(ref, target)
+        # The model download's rules (http:// only when allowed, size limit, deadline); its
+        # sha256 is the model file's, so it is not checked here.
+        fetch_file(ref, target, FetchOptions.from_settings(settings))
         return target
     path = Path(urllib.parse.unquote(parsed.path)) if parsed.scheme == "file" else Path(ref)
     if not path.is_absolute():
@@ -171,7 +173,8 @@ def locate_profile(settings: Settings, model_path: str | None) -> Path | None:
         local = model_dir / path
         model_uri = urllib.parse.urlparse(settings.model_uri)
         if not local.exists() and model_uri.scheme in REMOTE_SCHEMES:
-            fetch_file(settings.model_uri.rsplit("/", 1)[0] + "/" + path.as_posix(), local)
+            url = settings.model_uri.rsplit("/", 1)[0] + "/" + path.as_posix()
+            fetch_file(url, local, FetchOptions.from_settings(settings))
         path = local
     if not path.exists():
         raise ProfileError(f"reference profile {path} not found")

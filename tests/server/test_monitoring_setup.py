@@ -1,8 +1,11 @@
 """Where the reference profile comes from, and what happens when it is missing or wrong."""
 from __future__ import annotations
 
+import http.server
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -44,7 +47,8 @@ def test_remote_model_download_brings_the_profile(http_base: str, tmp_path: Path
 
 
 def test_profile_by_http_uri_and_relative_path(model_dir: Path, signature: Signature, http_base: str, tmp_path: Path) -> None:
-    mon = build_monitoring(_settings(tmp_path, drift_reference=f"{http_base}/{PROFILE_FILENAME}"), signature, None)
+    mon = build_monitoring(_settings(tmp_path, drift_reference=f"{http_base}/{PROFILE_FILENAME}", allow_insecure_http=True),
+                           signature, None)  # fmt: skip
     assert mon.drift_state == "on" and (tmp_path / "downloads" / "drift" / PROFILE_FILENAME).is_file()
     elsewhere = tmp_path / "profiles"
     elsewhere.mkdir()
@@ -61,7 +65,8 @@ def test_a_bad_or_missing_profile_turns_drift_off_not_the_server(model_dir: Path
                                                                 http_base: str, tmp_path: Path) -> None:  # fmt: skip
     missing = build_monitoring(_settings(tmp_path, drift_reference=str(tmp_path / "nope.json")), signature, None)
     assert missing.drift is None and missing.drift_state.startswith("error:") and "not found" in missing.drift_state
-    gone = build_monitoring(_settings(tmp_path, drift_reference=f"{http_base}/nope.json"), signature, None)
+    gone = build_monitoring(_settings(tmp_path, drift_reference=f"{http_base}/nope.json", allow_insecure_http=True),
+                            signature, None)  # fmt: skip
     assert gone.drift is None and "HTTP 404" in gone.drift_state
     profile = json.loads((model_dir / PROFILE_FILENAME).read_text())
     profile["features"] = profile["features"][:10]  # a profile of another model
@@ -72,6 +77,59 @@ def test_a_bad_or_missing_profile_turns_drift_off_not_the_server(model_dir: Path
     narrow.write_text("{not json")
     broken = build_monitoring(_settings(tmp_path, drift_reference=str(narrow)), signature, None)
     assert broken.drift is None and "invalid JSON" in broken.drift_state
+
+
+class _SlowProfile(http.server.BaseHTTPRequestHandler):
+    """64 MiB without a Content-Length, 64 KiB every 50 ms (50 s in all)."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.send_response(200)
+        self.send_header("connection", "close")
+        self.end_headers()
+        try:
+            for _ in range(1024):
+                self.wfile.write(b" " * 65536)
+                self.wfile.flush()
+                time.sleep(0.05)
+        except OSError:  # the downloader gave up
+            pass
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_profile_download_follows_the_model_download_rules(signature: Signature, http_base: str,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    """Plain http:// only when allowed, the byte limit and the deadline: drift off, said why,
+    nothing left behind; the server still builds its monitors."""
+    url = f"{http_base}/{PROFILE_FILENAME}"
+    target = tmp_path / "downloads" / "drift" / PROFILE_FILENAME
+    refused = build_monitoring(_settings(tmp_path, drift_reference=url), signature, None)
+    assert refused.drift is None and "refusing plain http://" in refused.drift_state
+    assert refused.feedback is not None and not target.exists()
+    too_big = build_monitoring(_settings(tmp_path, drift_reference=url, allow_insecure_http=True, model_max_bytes=1000),
+                               signature, None)  # fmt: skip
+    assert too_big.drift is None and "download limit of 1000 bytes" in too_big.drift_state
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    # The model's sha256 is the model file's: it does not apply to the profile.
+    checked = build_monitoring(_settings(tmp_path, drift_reference=url, allow_insecure_http=True, model_sha256="0" * 64),
+                               signature, None)  # fmt: skip
+    assert checked.drift_state == "on" and target.is_file()
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowProfile)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        slow = f"http://127.0.0.1:{httpd.server_address[1]}/{PROFILE_FILENAME}"
+        start = time.monotonic()
+        late = build_monitoring(_settings(tmp_path / "late", drift_reference=slow, allow_insecure_http=True,
+                                          fetch_deadline_s=1), signature, None)  # fmt: skip
+        assert time.monotonic() - start < 10
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert late.drift is None and "deadline of 1s passed" in late.drift_state
+    assert list((tmp_path / "late" / "downloads" / "drift").iterdir()) == []
 
 
 def test_monitoring_settings_from_env_and_their_checks() -> None:
