@@ -3,7 +3,8 @@
 Two sources, one judgement (`analysis.judge`):
 
 * **Scrape** (default): the pods of a revision are listed through `kube` by their
-  `modelship.dev/revision` label; each is read at `http://<podIP>:<container port "http">/metrics`.
+  `modelship.dev/revision` label; each is read at `http://<podIP>:<container port "admin">/metrics`
+  (the server's private admin port, planning.children.METRICS_PORT_NAME; 8080 for a pod without one).
   Counters are cumulative, so a measurement is the delta between two scrapes of the same pod:
   `take_baseline` when the canary starts taking traffic, `measure_scrape` when the window ends
   (which also starts the next window). Baselines live in process memory (`AnalysisMemory`, keyed

@@ -40,6 +40,7 @@ from kube_double import deployment_status
 from modelship_operator.cli import main as cli_main
 from modelship_operator.kube import Kube
 from modelship_operator.planning import PROMOTE_ANNOTATION
+from modelship_operator.planning.children import METRICS_PORT_NAME
 from test_e2e import MD, Env, free_port, install_crd
 from test_metrics_source import (PROMETHEUS, _features, _start_server, _stop, _wait_for, flaky_model_dir,  # noqa: F401
                                  generated_pod_name, pod_target_labels, servicemonitor_relabel_configs)
@@ -128,12 +129,14 @@ class PodController:
 
     @staticmethod
     def _port(pod: dict) -> int:
-        return next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"] if p["name"] == "http")
+        return next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"] if p["name"] == METRICS_PORT_NAME)
 
     def _create_pod(self, namespace: str, deployment: str, template: dict, container: dict, port: int) -> None:
         store = self.double.store
         labels = {**template["metadata"]["labels"], "owner-deployment": deployment}
-        ports = [dict(p, containerPort=port) if p.get("name") == "http" else p for p in container.get("ports", [])]
+        # /metrics lives on the admin port: there this pod's loopback metrics server answers
+        ports = [dict(p, containerPort=port) if p.get("name") == METRICS_PORT_NAME else p
+                 for p in container.get("ports", [])]
         pod = store.create(store.type_for("v1", "Pod"), namespace, {
             "metadata": {"name": generated_pod_name(deployment, "6d4cf56db6", f"{next(self._names):05d}"),
                          "labels": labels},

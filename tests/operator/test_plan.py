@@ -517,8 +517,9 @@ def test_monitoring_is_rendered_into_the_server_env_and_shapes_the_revision() ->
             ] == ["MODELSHIP_FEEDBACK_PEERS"]
     b = body(monitoring={
         "drift": {"reference": "file:///profiles/fraud.json", "window": 500, "interval": "1m", "threshold": 0.25},
-        "feedback": {"enabled": False, "ttl": "2h"},
-        "audit": {"enabled": True, "sampleRate": 0.1, "inputs": "digest", "maskFields": ["client", "card"]},
+        "feedback": {"enabled": False, "ttl": "2h", "maxBytes": "48Mi"},
+        "audit": {"enabled": True, "sampleRate": 0.1, "inputs": "digest", "maskFields": ["client", "card"],
+                  "maxBytes": "2Mi"},
     })
     rev = plan(md(b), Observed(), SETTINGS, T0).revisions[0]
     env = {e["name"]: e["value"] for e in rev.env}
@@ -529,10 +530,12 @@ def test_monitoring_is_rendered_into_the_server_env_and_shapes_the_revision() ->
         "MODELSHIP_DRIFT_THRESHOLD": "0.25",
         "MODELSHIP_FEEDBACK_TTL_S": "7200",
         "MODELSHIP_FEEDBACK_MAX_ENTRIES": "0",  # the server's "feedback off"
+        "MODELSHIP_FEEDBACK_MAX_BYTES": "50331648",  # 48Mi, in bytes
         "MODELSHIP_AUDIT_LOG": "stdout",
         "MODELSHIP_AUDIT_SAMPLE_RATE": "0.1",
         "MODELSHIP_AUDIT_INPUTS": "digest",
         "MODELSHIP_AUDIT_MASK": "client,card",
+        "MODELSHIP_AUDIT_MAX_BYTES": "2097152",  # 2Mi, in bytes
     }
     assert rev.hash != plain.hash  # a monitoring change is a new revision
     defaults = plan(md(body(monitoring={"drift": {"enabled": False}})), Observed(), SETTINGS, T0).revisions[0]
@@ -544,13 +547,15 @@ def test_monitoring_is_rendered_into_the_server_env_and_shapes_the_revision() ->
 def test_the_server_reads_the_monitoring_env_the_operator_renders() -> None:
     server_settings = pytest.importorskip("modelship_server.settings")
     b = body(monitoring={"drift": {"reference": "https://models.example.com/ref.json", "interval": "1.5m"},
-                         "feedback": {"ttl": "90s", "maxEntries": 10},
-                         "audit": {"enabled": True, "sampleRate": 0.5, "inputs": "summary", "maskFields": ["a"]}})
+                         "feedback": {"ttl": "90s", "maxEntries": 10, "maxBytes": "16Mi"},
+                         "audit": {"enabled": True, "sampleRate": 0.5, "inputs": "summary", "maskFields": ["a"],
+                                   "maxBytes": 1048576}})
     rev = plan(md(b), Observed(), SETTINGS, T0).revisions[0]
     s = server_settings.Settings.from_env({e["name"]: e["value"] for e in rev.env})
     assert (s.drift_reference, s.drift_interval_s, s.drift_window, s.drift_threshold) == (
         "https://models.example.com/ref.json", 90.0, 1000, 0.2)
-    assert (s.feedback_ttl_s, s.feedback_max_entries) == (90.0, 10)
+    assert (s.feedback_ttl_s, s.feedback_max_entries, s.feedback_max_bytes) == (90.0, 10, 16 << 20)
+    assert s.audit_max_bytes == 1 << 20
     assert (s.audit_log, s.audit_sample_rate, s.audit_inputs, s.audit_mask) == ("stdout", 0.5, "summary", "a")
     assert s.max_queue == 2048  # the CRD default, in rows
 
@@ -565,9 +570,9 @@ def _env_of(rev: Any) -> dict[str, str]:
 def test_feedback_peers_name_the_headless_service_of_every_revision() -> None:
     p = plan(md(), Observed(), SETTINGS, T0)
     assert p.peers_service == "fraud-peers"
-    assert _env_of(p.revisions[0])["MODELSHIP_FEEDBACK_PEERS"] == "fraud-peers.ml.svc.cluster.local:8080"
+    assert _env_of(p.revisions[0])["MODELSHIP_FEEDBACK_PEERS"] == "fraud-peers.ml.svc.cluster.local:9090"
     short = plan(md(), Observed(), Settings(cluster_domain=""), T0)
-    assert _env_of(short.revisions[0])["MODELSHIP_FEEDBACK_PEERS"] == "fraud-peers.ml.svc:8080"
+    assert _env_of(short.revisions[0])["MODELSHIP_FEEDBACK_PEERS"] == "fraud-peers.ml.svc:9090"
     # Feedback off: the server keeps no predictions, so there is nobody to ask and no Service.
     off = plan(md(body(monitoring={"feedback": {"enabled": False}})), Observed(), SETTINGS, T0)
     assert off.peers_service is None and "MODELSHIP_FEEDBACK_PEERS" not in _env_of(off.revisions[0])
@@ -580,7 +585,7 @@ def test_feedback_peers_do_not_change_the_revision_hash() -> None:
     b["metadata"]["namespace"] = "other"
     pa, pb = plan(md(a), Observed(), SETTINGS, T0), plan(md(b), Observed(), SETTINGS, T0)
     assert pa.revisions[0].hash == pb.revisions[0].hash
-    assert _env_of(pb.revisions[0])["MODELSHIP_FEEDBACK_PEERS"] == "fraud-peers.other.svc.cluster.local:8080"
+    assert _env_of(pb.revisions[0])["MODELSHIP_FEEDBACK_PEERS"] == "fraud-peers.other.svc.cluster.local:9090"
 
 
 def test_a_canary_shares_the_peers_of_its_stable() -> None:
@@ -595,11 +600,11 @@ def test_a_canary_shares_the_peers_of_its_stable() -> None:
     assert [r.role for r in p.revisions] == ["stable", "canary"]
     stable, canary = p.revisions
     assert "MODELSHIP_FEEDBACK_PEERS" not in _env_of(stable)  # rendered from its own spec
-    assert _env_of(canary)["MODELSHIP_FEEDBACK_PEERS"] == "fraud-peers.ml.svc.cluster.local:8080"
+    assert _env_of(canary)["MODELSHIP_FEEDBACK_PEERS"] == "fraud-peers.ml.svc.cluster.local:9090"
     assert p.peers_service == "fraud-peers"
 
 
 def test_the_server_accepts_the_peers_the_operator_renders() -> None:
     server_settings = pytest.importorskip("modelship_server.settings")
     s = server_settings.Settings.from_env(_env_of(plan(md(), Observed(), SETTINGS, T0).revisions[0]))
-    assert s.feedback_peer_list == ["fraud-peers.ml.svc.cluster.local:8080"]
+    assert s.feedback_peer_list == ["fraud-peers.ml.svc.cluster.local:9090"]

@@ -336,9 +336,11 @@ def test_the_peers_service_follows_feedback(cluster: Cluster) -> None:
     cluster.reconcile("digits")
     peers = {s["metadata"]["name"]: s for s in cluster.children("Service", "v1")}["digits-peers"]
     assert peers["spec"]["clusterIP"] == "None"
+    # /feedback lives on the servers' admin port: that is the one port the peers Service names.
+    assert [(p["name"], p["port"], p["targetPort"]) for p in peers["spec"]["ports"]] == [("admin", 9090, "admin")]
     (dep,) = cluster.deployments()
     env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["MODELSHIP_FEEDBACK_PEERS"] == f"digits-peers.{NS}.svc.cluster.local:8080"
+    assert env["MODELSHIP_FEEDBACK_PEERS"] == f"digits-peers.{NS}.svc.cluster.local:9090"
 
     cluster.patch_spec("digits", {"monitoring": {"feedback": {"enabled": False}}})
     result = cluster.reconcile("digits")

@@ -21,6 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from modelship_operator.canary_metrics import AnalysisMemory, metrics_url
+from modelship_operator.planning.children import METRICS_PORT_NAME
 from modelship_operator.planning import ABORT_ANNOTATION, PROMOTE_ANNOTATION
 from modelship_operator.reconcile import Discovery, ReconcileResult, reconcile
 from modelship_operator.settings import Settings
@@ -136,7 +137,10 @@ class Rollout(Cluster):
                 labels = dict(dep["spec"]["template"]["metadata"]["labels"])
                 pod = store.create(self.pod_type, NS, {
                     "metadata": {"name": f"{dep['metadata']['name']}-{i}", "labels": labels},
-                    "spec": {"containers": [{"name": "server", "ports": [{"name": "http", "containerPort": port}]}]}})
+                    # the template's ports, the admin one (where /metrics is) at this pod's loopback server
+                    "spec": {"containers": [{"name": "server", "ports": [
+                        dict(p, containerPort=port) if p["name"] == METRICS_PORT_NAME else p
+                        for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"]]}]}})
                 store.set_status(self.pod_type, NS, pod["metadata"]["name"], {"phase": "Running", "podIP": "127.0.0.1"})
             self.available(dep["metadata"]["name"])
 
@@ -193,10 +197,12 @@ def start_canary(r: Rollout, servers: dict[str, MetricsServer], canary_ports: li
 
 def test_metrics_url_follows_the_pod_spec() -> None:
     pod = {"metadata": {"name": "p"}, "status": {"phase": "Running", "podIP": "10.1.2.3"},
-           "spec": {"containers": [{"ports": [{"name": "metrics-x", "containerPort": 9}, {"name": "http", "containerPort": 8081}]}]}}
-    assert metrics_url(pod) == "http://10.1.2.3:8081/metrics"
+           "spec": {"containers": [{"ports": [{"name": "http", "containerPort": 8080},
+                                              {"name": "admin", "containerPort": 9091}]}]}}
+    assert metrics_url(pod) == "http://10.1.2.3:9091/metrics"  # the admin port, never inference
+    # A pod rendered before the admin port existed serves /metrics on its only port.
     assert metrics_url({**pod, "spec": {"containers": [{}]}}) == "http://10.1.2.3:8080/metrics"
-    assert metrics_url({**pod, "status": {"phase": "Running", "podIP": "fd00::7"}}) == "http://[fd00::7]:8081/metrics"
+    assert metrics_url({**pod, "status": {"phase": "Running", "podIP": "fd00::7"}}) == "http://[fd00::7]:9091/metrics"
     assert metrics_url({**pod, "status": {"phase": "Pending"}}) is None
     assert metrics_url({**pod, "metadata": {"name": "p", "deletionTimestamp": "2026-01-01T00:00:00Z"}}) is None
 

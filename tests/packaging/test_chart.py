@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from chart_render import CHART, NAMESPACE, ROOT, VALUE_SETS, by_kind, manifests, render
+from modelship_operator.planning.children import METRICS_PORT_NAME
 from modelship_operator.settings import Settings
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk (the test extra) renders the chart")
@@ -164,7 +165,8 @@ def test_optional_monitoring_is_off_by_default_and_complete_when_on() -> None:
     assert pm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/managed-by"] == "modelship-operator"
     assert pm["spec"]["namespaceSelector"] == {"any": True}
     (endpoint,) = pm["spec"]["podMetricsEndpoints"]
-    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
+    # The container port the operator renders for /metrics: the admin port, never inference.
+    assert endpoint["port"] == METRICS_PORT_NAME == "admin" and endpoint["path"] == "/metrics"
     assert {r["targetLabel"] for r in endpoint["relabelings"]} >= {"modeldeployment", "revision"}
     assert len(by_kind(docs, "PrometheusRule")) == 1
     names = {d["metadata"]["name"] for d in by_kind(docs, "ConfigMap")}

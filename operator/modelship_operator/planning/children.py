@@ -12,10 +12,13 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 REVISION_LABEL = "modelship.dev/revision"
 APPLIED_HASH = "modelship.dev/applied-hash"  # on every child: reconcile skips unchanged applies
 ROLE_LABEL = "modelship.dev/role"
-SERVER_PORT = 8080
-# The container port Prometheus and the operator's analysis read /metrics from (by name): the
-# Deployment template declares it, the ServiceMonitor and canary_metrics use it.
-METRICS_PORT_NAME = "http"
+SERVER_PORT = 8080  # inference: the only port the Services `<name>`, role Services and HTTPRoute expose
+# The server's private admin surface (/metrics, /feedback, /drift): a container port of this
+# name on spec.server.adminPort. Prometheus (ServiceMonitor through the headless peers Service,
+# the chart's PodMonitor), the operator's analysis scrape (canary_metrics) and feedback peers
+# use it; clients never reach it through a Service or route.
+ADMIN_PORT_NAME = "admin"
+METRICS_PORT_NAME = ADMIN_PORT_NAME
 METRICS_PATH = "/metrics"
 
 
@@ -46,13 +49,14 @@ def peers_service(name: str) -> str:
     return f"{name}-peers"
 
 
-def feedback_peers(name: str, namespace: str, settings: Settings) -> str:
+def feedback_peers(name: str, namespace: str, settings: Settings, admin_port: int) -> str:
     """MODELSHIP_FEEDBACK_PEERS: one DNS name whose A records are the ready pods of every
-    revision, so feedback for a canary's prediction is joined wherever the Service sent it."""
+    revision, so feedback for a canary's prediction is joined wherever the Service sent it;
+    on the admin port, where the servers answer /feedback."""
     host = f"{peers_service(name)}.{namespace}.svc"
     if settings.cluster_domain:
         host += f".{settings.cluster_domain}"
-    return f"{host}:{SERVER_PORT}"
+    return f"{host}:{admin_port}"
 
 
 def owner_reference(md: ModelDeployment) -> Mapping:

@@ -64,8 +64,9 @@ class Plan:
     # a role carry INSTANCE_LABEL and REVISION_LABEL = `Plan.revision(role).hash`; the
     # Deployment is `Plan.revision(role).name`.
     analysis: AnalysisSpec | None = None
-    # The headless Service `<name>-peers` over the pods of every revision, whose DNS name is
-    # MODELSHIP_FEEDBACK_PEERS; None when no revision keeps predictions for feedback.
+    # The headless Service `<name>-peers` over the pods of every revision, on their admin port: its
+    # DNS name is MODELSHIP_FEEDBACK_PEERS, and the ServiceMonitor scrapes through it; None when
+    # no revision keeps predictions for feedback and no ServiceMonitor is rendered.
     peers_service: str | None = None
     # The Service `<name>` (status.url) selects these pods: every revision in replicas mode, the
     # stable alone in gateway mode (the HTTPRoute's weights decide what the canary gets).
@@ -119,7 +120,9 @@ def _base_plan(md: ModelDeployment, observed: Observed, settings: Settings, **fi
                       len(revisions) + len(retain) + len(retire), scaling),
         retire=retire,
         service_monitor=observed.servicemonitor_served,
-        peers_service=peers_service(md.name) if any(r.feedback for r in revisions) else None,
+        # The headless Service carries the admin port: feedback peers and the ServiceMonitor use it.
+        peers_service=peers_service(md.name)
+        if any(r.feedback for r in revisions) or observed.servicemonitor_served else None,
         service_selector=service_selector(selector_labels(md.name), fields.get("traffic_mode", "replicas"), stable.hash),
         scrape_interval=f"{settings.prometheus_scrape_interval:g}s",
         series_relabelings=series_relabelings(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import posixpath
+import re
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -25,6 +26,16 @@ STARTUP_PERIOD_S = 10
 STARTUP_FAILURES = 90
 PRE_STOP_SLEEP_S = 5  # lets endpoint controllers drop the pod before SIGTERM arrives
 GPU_TAINT_KEY = "nvidia.com/gpu"
+# spec.model.maxBytes unset: the largest download the init container accepts (and what sizes
+# the download volume). Large enough for any single-GPU TorchScript model, small enough that a
+# wrong URL cannot fill a node's disk.
+DEFAULT_MODEL_MAX_BYTES = 16 << 30
+# The download volume holds the model plus its signature.json / reference_profile.json and
+# the filesystem's own overhead: maxBytes + 10 % + 64 MiB, in whole MiB.
+VOLUME_SLACK_RATIO, VOLUME_SLACK_BYTES = 0.10, 64 << 20
+_SIZE_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+               "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50, "Ei": 1 << 60}
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)([KMGTPE]i|[kMGTPE])?$")
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ class ModelSource:
     claim: str | None = None  # pvc: the claim, mounted read-only at mount_path
     mount_path: str = MODEL_MOUNT  # pvc and download: where the model volume is mounted
     fetch_command: tuple[str, ...] = ()  # download: the init container's command
+    volume_size_limit: str = ""  # download: the emptyDir's sizeLimit (from the expected size)
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,10 @@ class RevisionPlan:
     startup_failure_threshold: int = STARTUP_FAILURES
     pre_stop_sleep_seconds: int = PRE_STOP_SLEEP_S
     feedback: bool = False  # the server keeps predictions for feedback (and asks its peers)
+    admin_port: int = 9090  # spec.server.adminPort: /metrics, /feedback, /drift (container port "admin")
+    # The init container's own settings (download integrity: sha256, byte limit, plain http),
+    # before the user's variables.
+    fetch_env: tuple[Mapping, ...] = ()
 
 
 def server_image(md: ModelDeployment, settings: Settings) -> str:
@@ -82,15 +98,53 @@ def feedback_enabled(md: ModelDeployment) -> bool:
 _FETCH_MODULE = "modelship_server.fetch"
 
 
-def model_source(uri: str) -> ModelSource:
+def model_source(uri: str, max_bytes: int = DEFAULT_MODEL_MAX_BYTES) -> ModelSource:
     if uri.startswith("pvc://"):
         claim, _, path = uri[len("pvc://"):].partition("/")
         return ModelSource("pvc", uri, f"file://{posixpath.join(MODEL_MOUNT, path)}", claim=claim)
     if uri.startswith(("http://", "https://", "s3://")):
         target = posixpath.join(MODEL_MOUNT, download_name(uri))
         command = ("python", "-m", _FETCH_MODULE, uri, MODEL_MOUNT)
-        return ModelSource("download", uri, f"file://{target}", fetch_command=command)
+        return ModelSource("download", uri, f"file://{target}", fetch_command=command,
+                           volume_size_limit=volume_size_limit(max_bytes))
     return ModelSource("image", uri, uri)
+
+
+def size_bytes(value: int | str) -> int:
+    """Bytes in a size as the API takes it: an integer, or a quantity such as 64Mi, 2G or 1.5Gi
+    (the CRD's pattern has already checked the form)."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE_RE.match(str(value).strip())
+    if match is None:
+        raise ValueError(f"{value!r} is not a size such as 64Mi, 2G or 1048576")
+    return math.ceil(float(match.group(1)) * _SIZE_UNITS[match.group(2) or ""])
+
+
+def volume_size_limit(max_bytes: int) -> str:
+    """The download volume's sizeLimit: room for the largest download plus slack, in Mi."""
+    limit = max_bytes * (1 + VOLUME_SLACK_RATIO) + VOLUME_SLACK_BYTES
+    return f"{math.ceil(limit / (1 << 20))}Mi"
+
+
+def model_max_bytes(md: ModelDeployment) -> int:
+    max_bytes = md.spec.model.max_bytes
+    return DEFAULT_MODEL_MAX_BYTES if max_bytes is None else size_bytes(max_bytes)
+
+
+def download_env(md: ModelDeployment) -> dict[str, str]:
+    """The download-integrity settings the init container's fetch and the server read alike:
+    the expected sha256 (the server also checks a pvc:// or file:// model against it), the byte
+    limit of a download, and plain http:// only when the spec allows it."""
+    model = md.spec.model
+    env: dict[str, str] = {}
+    if model.sha256:
+        env["MODELSHIP_MODEL_SHA256"] = model.sha256.lower()
+    if model.needs_download:
+        env["MODELSHIP_MODEL_MAX_BYTES"] = str(model_max_bytes(md))
+    if model.allow_insecure_http:
+        env["MODELSHIP_ALLOW_INSECURE_HTTP"] = "true"
+    return env
 
 
 def download_name(uri: str) -> str:
@@ -149,7 +203,9 @@ def _env(md: ModelDeployment, settings: Settings, source: ModelSource, resources
         "MODELSHIP_PRECISION": spec.server.precision,
         "MODELSHIP_DEVICE": "cuda" if spec.gpu.count > 0 else "cpu",
         "MODELSHIP_PORT": str(SERVER_PORT),
+        "MODELSHIP_ADMIN_PORT": str(spec.server.admin_port),
     }
+    server.update(download_env(md))
     threads = _threads(md, resources)
     if threads:
         server["MODELSHIP_TORCH_THREADS"] = str(threads)
@@ -157,7 +213,7 @@ def _env(md: ModelDeployment, settings: Settings, source: ModelSource, resources
         server.update(monitoring_env(spec.monitoring))
     if feedback_enabled(md):
         # Not part of the revision hash (it is derived, not spec): adding it rolls pods once.
-        server["MODELSHIP_FEEDBACK_PEERS"] = feedback_peers(md.name, md.namespace, settings)
+        server["MODELSHIP_FEEDBACK_PEERS"] = feedback_peers(md.name, md.namespace, settings, spec.server.admin_port)
     # The CRD forbids user variables named MODELSHIP_* and duplicates, so appending is safe
     # for server-side apply (which rejects duplicate names in env).
     env = [{"name": k, "value": v} for k, v in server.items()]
@@ -184,10 +240,12 @@ def monitoring_env(mon: MonitoringSpec) -> dict[str, str]:
         "MODELSHIP_FEEDBACK_TTL_S": _number(parse_duration(feedback.ttl)),
         # The server turns feedback off with 0 pending entries.
         "MODELSHIP_FEEDBACK_MAX_ENTRIES": str(feedback.max_entries if feedback.enabled else 0),
+        "MODELSHIP_FEEDBACK_MAX_BYTES": str(size_bytes(feedback.max_bytes)),
         "MODELSHIP_AUDIT_LOG": "stdout" if audit.enabled else "off",
         "MODELSHIP_AUDIT_SAMPLE_RATE": _number(audit.sample_rate),
         "MODELSHIP_AUDIT_INPUTS": audit.inputs,
         "MODELSHIP_AUDIT_MASK": ",".join(audit.mask_fields),
+        "MODELSHIP_AUDIT_MAX_BYTES": str(size_bytes(audit.max_bytes)),
     }
     return env
 
@@ -212,7 +270,7 @@ def revision_plan(
     md: ModelDeployment, settings: Settings, hash_: str, number: int, role: str, replicas: int
 ) -> RevisionPlan:
     image = server_image(md, settings)
-    source = model_source(md.spec.model.uri)
+    source = model_source(md.spec.model.uri, model_max_bytes(md))
     resources = _resources(md)
     timeout_s = math.ceil(md.spec.server.batching.timeout_ms / 1000)
     return RevisionPlan(
@@ -237,5 +295,7 @@ def revision_plan(
         # Longer than the startup probe's budget, so slow loads are not reported as stuck.
         progress_deadline_seconds=STARTUP_PERIOD_S * STARTUP_FAILURES + 300,
         feedback=feedback_enabled(md),
+        admin_port=int(md.spec.server.admin_port),
+        fetch_env=tuple({"name": k, "value": v} for k, v in download_env(md).items()),
     )
 
