@@ -5,7 +5,8 @@ It serves an `ObjectStore` (kube_double.py) over real HTTP on 127.0.0.1: discove
 resourceVersion, 410 when too old), get / create (incl. generateName) / replace / delete,
 PATCH as server-side apply, merge patch, strategic merge (treated as merge) and JSON patch,
 the status and scale subresources, bearer-token auth, CRDs that become served resources
-when created, and the garbage collector running a moment after each change. It runs in a background thread with its own event loop; the sync helpers
+when created, the garbage collector running a moment after each change, and a fault hook
+(`fault`) that answers chosen write requests with an error, before or after applying them. It runs in a background thread with its own event loop; the sync helpers
 (`mark_deployment_available`, `snapshot`, ...) are safe to call from the test thread.
 Every write request is logged in `writes` so a test can assert that a steady state is quiet.
 """
