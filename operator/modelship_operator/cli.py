@@ -11,8 +11,9 @@
 
 `render` goes through the operator's own code path: schema validation, the typed spec,
 `plan` (with nothing observed yet) and `render`. The cluster commands read and write through
-`modelship_operator.kube`: promote/abort/retry only set an annotation that the operator acts
-on and then removes; rollback is the one command that patches `spec` (the pod-shaping fields
+`modelship_operator.kube`: promote/abort/retry only set an annotation (its value carries a
+request id, `step@<time>-<random>`, so the operator acts on each request exactly once) that
+the operator acts on and then removes; rollback is the one command that patches `spec` (the pod-shaping fields
 a history entry recorded), and it refuses without `--force` when a GitOps tool manages the object.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -29,8 +31,8 @@ import yaml
 
 from .api import validate as schema  # offline validation with the API server's semantics
 from .gitops import gitops_manager
-from .planning import (ABORT_ANNOTATION, PROMOTE_ANNOTATION, PROMOTE_FULL, PROMOTE_STEP, RETRY_ANNOTATION,
-                       SHAPING_KEYS, Observed, plan)
+from .planning import (ABORT_ANNOTATION, ACTION_ID_SEPARATOR, PROMOTE_ANNOTATION, PROMOTE_FULL, PROMOTE_STEP,
+                       RETRY_ANNOTATION, SHAPING_KEYS, Observed, plan)
 from .planning.traffic import wants_gateway
 from .render import render, to_yaml
 from .settings import Settings
@@ -188,6 +190,12 @@ def format_status(obj: Mapping[str, Any]) -> str:
         )
         if canary.get("abortReason"):
             lines.append(f"             abort reason: {canary['abortReason']}")
+        elif canary.get("heldReason"):
+            lines.append(f"  Paused:    {canary['heldReason']}; promote to continue")
+        elif canary.get("holdReason"):
+            lines.append(f"  Holding:   {canary['holdReason']}")
+        if canary.get("restarts"):
+            lines.append(f"  Restarts:  {canary['restarts']} canary container restart(s)")
         analysis = canary.get("analysis") or {}
         if analysis:
             parts = [f"verdict {_cell(analysis.get('verdict'))}"]
@@ -201,6 +209,9 @@ def format_status(obj: Mapping[str, Any]) -> str:
             if analysis.get("lastTime"):
                 parts.append(f"at {analysis['lastTime']}")
             lines.append("  Analysis:  " + ", ".join(parts))
+            lines.append(f"  Windows:   this step {analysis.get('stepPassed', 0)} passed, "
+                         f"{analysis.get('stepInconclusive', 0)} inconclusive, {analysis.get('stepFailed', 0)} failed"
+                         f" (in a row inconclusive: {analysis.get('inconclusiveStreak', 0)})")
             if analysis.get("message"):
                 lines.append(f"             {analysis['message']}")
     conditions = [c for c in status.get("conditions") or () if isinstance(c, Mapping)]
@@ -323,6 +334,12 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _request_id() -> str:
+    """Tells two requests apart (the operator acts once per annotation value it has not yet seen
+    go): the time and a random suffix, appended to the action as `<action>@<id>`."""
+    return f"{_now()}-{secrets.token_hex(3)}"
+
+
 def _action(annotation: str, value: str, needs: Callable[[Mapping[str, Any]], str | None], done: str) -> Command:
     """A command that sets one action annotation (the operator acts on it, then removes it)."""
 
@@ -358,10 +375,12 @@ def _aborted_canary(status: Mapping[str, Any]) -> str | None:
 
 
 cmd_promote = _action(
-    PROMOTE_ANNOTATION, lambda a: PROMOTE_FULL if a.full else PROMOTE_STEP, _live_canary,
-    lambda a: "full promotion requested" if a.full else "promotion of the current step requested")
-cmd_abort = _action(ABORT_ANNOTATION, lambda a: _now(), _live_canary, "abort requested")
-cmd_retry = _action(RETRY_ANNOTATION, lambda a: _now(), _aborted_canary, "retry requested")
+    PROMOTE_ANNOTATION, lambda a: f"{PROMOTE_FULL if a.full else PROMOTE_STEP}{ACTION_ID_SEPARATOR}{_request_id()}",
+    _live_canary, lambda a: "full promotion requested" if a.full else "promotion of the current step requested")
+cmd_abort = _action(ABORT_ANNOTATION, lambda a: f"abort{ACTION_ID_SEPARATOR}{_request_id()}", _live_canary,
+                    "abort requested")
+cmd_retry = _action(RETRY_ANNOTATION, lambda a: f"retry{ACTION_ID_SEPARATOR}{_request_id()}", _aborted_canary,
+                    "retry requested")
 
 
 # --------------------------------------------------------------------------- rollback

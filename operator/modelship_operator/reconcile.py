@@ -18,8 +18,9 @@ from typing import Any, Protocol
 from . import canary_metrics, recorder
 from .analysis import Verdict, query_window
 from .kube import KubeError, PermanentError
-from .planning import (APPLIED_HASH, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, AnalysisResult,
-                       DeploymentState, Event, Observed, Plan, analysis_due, failed_status, parse_time, plan)
+from .planning import (APPLIED_HASH, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, REVISION_LABEL, AnalysisResult,
+                       DeploymentState, Event, Observed, Plan, PodState, analysis_due, failed_status, parse_time,
+                       plan, revision_hash)
 from .drift import drifted
 from .render import render
 from .settings import Settings
@@ -230,9 +231,26 @@ async def _measure(kube: KubeAPI, md: ModelDeployment, settings: Settings, now: 
     return AnalysisResult(hash=str(canary["hash"]), time=now, verdict=verdict)
 
 
+async def _canary_pods(kube: KubeAPI, md: ModelDeployment, observed: Observed,
+                       settings: Settings) -> tuple[PodState, ...] | None:
+    """The pods of the spec's revision while it is a canary (restarts, readiness, why they fail);
+    () when there is no canary, None when they could not be listed (the pod checks then wait)."""
+    hash_ = revision_hash(md, settings)
+    if not any(d.revision == hash_ and d.role == "canary" for d in observed.deployments):
+        return ()
+    try:
+        pods = await kube.list("v1", "Pod", md.namespace, {INSTANCE_LABEL: md.name, REVISION_LABEL: hash_})
+    except KubeError as exc:
+        log.warning("canary pods of %s/%s: cannot list them: %s", md.namespace, md.name, exc)
+        return None
+    return tuple(PodState.from_manifest(p) for p in pods)
+
+
 async def _baseline(kube: KubeAPI, md: ModelDeployment, desired: Plan, settings: Settings, now: datetime,
                     memory: canary_metrics.AnalysisMemory) -> None:
-    """Start the scrape window of a canary that takes traffic and has none yet; forget finished ones."""
+    """Start the scrape window of a canary that takes traffic and has none for the current
+    window yet (a new step restarts the window: its windows count only its own weight);
+    forget finished ones."""
     uid = str(md.uid)
     canary = desired.revision("canary")
     if desired.analysis is None or canary is None:
@@ -242,7 +260,10 @@ async def _baseline(kube: KubeAPI, md: ModelDeployment, desired: Plan, settings:
         return
     stable = desired.revision("stable")
     stable_hash = stable.hash if stable else None
-    if memory.has_baseline(uid, canary.hash, stable_hash):
+    start = parse_time(((desired.status.get("canary") or {}).get("analysis") or {}).get("lastTime"))
+    held = memory.baselines.get(uid)
+    if memory.has_baseline(uid, canary.hash, stable_hash) and held is not None and (
+            start is None or held.taken >= start):
         return
     try:
         await canary_metrics.take_baseline(kube, memory, uid=uid, namespace=md.namespace, name=md.name,
@@ -302,9 +323,18 @@ async def reconcile(body: Mapping[str, Any], kube: KubeAPI, settings: Settings, 
 
     # A second pass after any write: the status must describe the children as they are now
     # (e.g. the Deployment just created), or the next reconcile would find it stale and write.
+    # Both passes plan from the rollout records read first (the second sees our own apply) and
+    # from the canary pods listed once.
+    first: Observed | None = None
     for _ in range(2):
         observed, live_children = await observe(kube, md, discovery or Discovery(ttl=0))
-        observed = dataclasses.replace(observed, analysis=measured)
+        if first is None or first.pods == ():
+            pods = await _canary_pods(kube, md, observed, settings)
+        else:
+            pods = first.pods
+        observed = dataclasses.replace(observed, analysis=measured, pods=pods,
+                                       recorded=(first or observed).pinned())
+        first = first or observed
         desired_plan = plan(md, observed, settings, now)
         try:
             changed = await _apply_and_prune(kube, md, desired_plan, live_children, result)

@@ -3,6 +3,7 @@ and the operator settings the CLI shares with the operator (MODELSHIP_* environm
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -199,6 +200,22 @@ def test_format_status_summarises_a_realistic_object() -> None:
     assert "weight 25% (asked 50%)  step 2/3" in format_status(asked)
 
 
+def test_format_status_shows_the_windows_of_the_step_and_why_it_holds() -> None:
+    canary = REALISTIC["status"]["canary"]
+    holding = {**canary, "holdReason": "waiting for 2 passing analysis window(s) at 25% (1 passed, 2 inconclusive, "
+                                       "0 failed)", "restarts": 2,
+               "analysis": {**canary["analysis"], "stepPassed": 1, "stepInconclusive": 2, "inconclusiveStreak": 2}}
+    text = format_status({**REALISTIC, "status": {**REALISTIC["status"], "canary": holding}})
+    assert "  Holding:   waiting for 2 passing analysis window(s) at 25% (1 passed, 2 inconclusive, 0 failed)" in text
+    assert "  Windows:   this step 1 passed, 2 inconclusive, 0 failed (in a row inconclusive: 2)" in text
+    assert "  Restarts:  2 canary container restart(s)" in text
+    held = {**holding, "heldReason": "3 inconclusive analysis windows in a row (inconclusiveLimit 3) at step 1 of "
+                                     "3 (setWeight 25): only 0 requests in the window, 50 needed"}
+    text = format_status({**REALISTIC, "status": {**REALISTIC["status"], "phase": "Paused", "canary": held}})
+    assert "  Paused:    3 inconclusive analysis windows in a row" in text and "promote to continue" in text
+    assert "Holding:" not in text
+
+
 def test_format_status_of_a_new_or_stale_object() -> None:
     fresh = format_status({"metadata": {"name": "x", "namespace": "ml", "generation": 1}, "spec": {}})
     assert "Phase:     Unknown" in fresh and "Stable:" not in fresh and "Conditions:" not in fresh
@@ -344,9 +361,12 @@ def test_promote_abort_retry_set_the_action_annotations(api) -> None:
     code, out, err = run(["promote", "fraud", *kc])
     assert code == 0, err
     assert "promotion of the current step requested" in out
-    assert api.md()["metadata"]["annotations"][PROMOTE_ANNOTATION] == "step"
+    first = api.md()["metadata"]["annotations"][PROMOTE_ANNOTATION]
+    assert re.fullmatch(r"step@\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ-[0-9a-f]{6}", first)  # a request id each time
     code, out, err = run(["promote", "fraud", "--full", "-n", "ml", *kc])
-    assert code == 0 and api.md()["metadata"]["annotations"][PROMOTE_ANNOTATION] == "full"
+    assert code == 0 and api.md()["metadata"]["annotations"][PROMOTE_ANNOTATION].startswith("full@")
+    code, out, err = run(["promote", "fraud", *kc])
+    assert code == 0 and api.md()["metadata"]["annotations"][PROMOTE_ANNOTATION] not in (first, "step")
     code, out, err = run(["abort", "fraud", *kc])
     assert code == 0 and ABORT_ANNOTATION in api.md()["metadata"]["annotations"]
     # retry needs an aborted canary
@@ -361,7 +381,7 @@ def test_promote_abort_retry_set_the_action_annotations(api) -> None:
     assert code == 1 and "aborted" in err and "retry" in err
     # writes went through the CLI's own field manager and never touched spec
     patches = [w for w in api.writes if w.method == "PATCH" and "/modeldeployments/fraud" in w.path]
-    assert len(patches) == 4 and all(w.user_agent == "kubectl-modelship" for w in patches)
+    assert len(patches) == 5 and all(w.user_agent == "kubectl-modelship" for w in patches)
     assert api.md()["metadata"]["generation"] == 1
 
 

@@ -225,7 +225,7 @@ def rollout(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             controller.start()
             traffic = Traffic([s.base for _, s in servers])
             traffic.start()
-        e.shared.update(controller=controller, traffic=traffic, tmp=tmp)
+        e.shared.update(controller=controller, traffic=traffic, tmp=tmp, bases={v: s.base for v, s in servers})
         e.wait_live()
         yield e
     finally:
@@ -401,15 +401,23 @@ def test_a_failing_canary_is_aborted(rollout: Env) -> None:
     env = rollout
     _needs_pods(env)
     _set_version(env, "3.0.0")
+    seen: dict[str, float] = {}
 
     async def aborted(k: Kube) -> dict | None:
         status = (await _md(k, env)).get("status") or {}
         canary = status.get("canary") or {}
+        if canary.get("version") == "3.0.0" and int(canary.get("weight") or 0) > 0:
+            seen.setdefault("traffic", time.monotonic())
         return status if canary.get("aborted") and status.get("phase") == "Degraded" else None
 
     status = env.eventually(aborted, "the flaky canary aborted", timeout=30)
+    # within two analysis intervals (failureLimit 2) of taking traffic, plus the operator's and
+    # this poll's latency on a busy machine
+    interval = float(ANALYSIS["interval"].rstrip("s"))
+    assert "traffic" in seen and time.monotonic() - seen["traffic"] <= 2 * interval + 4, seen
     canary = status["canary"]
-    assert canary["version"] == "3.0.0" and canary["weight"] == 0
+    # weight 0 asked at once; its ready pods serve until the stable has all its replicas ready
+    assert canary["version"] == "3.0.0" and canary["requestedWeight"] == 0
     assert canary["analysis"]["failures"] >= 2 and canary["analysis"]["verdict"] == "Fail"
     assert "error rate" in canary["analysis"]["message"]
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
@@ -418,15 +426,18 @@ def test_a_failing_canary_is_aborted(rollout: Env) -> None:
 
     async def scaled_down(k: Kube) -> bool:
         deps = await _deployments(k, env)
+        weight = ((await _md(k, env)).get("status") or {}).get("canary", {}).get("weight")
         return deps.get(canary["hash"], {}).get("spec", {}).get("replicas", 0) == 0 and \
-            deps[env.shared["v2"]]["spec"]["replicas"] == REPLICAS
+            deps[env.shared["v2"]]["spec"]["replicas"] == REPLICAS and weight == 0
 
     env.eventually(scaled_down, "the aborted canary scaled to 0, stable back to all replicas", timeout=15)
     warnings = [e for e in _events(env) if e["type"] == "Warning"]
     assert any(e["reason"] == "AnalysisFailed" and "error rate" in e["message"] for e in warnings)
-    # the real servers saw what the operator measured: the flaky one answered 500s
+    # the real servers saw what the operator measured: the flaky one answered 500s, the stable none
     traffic = env.shared["traffic"]
-    assert any(codes.get(500, 0) > 0 for codes in traffic.codes.values())
+    assert traffic.codes[env.shared["bases"]["3.0.0"]].get(500, 0) > 0
+    stable_codes = traffic.codes[env.shared["bases"]["2.0.0"]]
+    assert stable_codes.get(200, 0) > 0 and not any(code >= 500 for code in stable_codes), stable_codes
     assert not env.shared["controller"].errors
     # the scrape path found the pods through the API (by revision label)
     assert [path for method, path in list(env.double.requests)
@@ -519,9 +530,12 @@ def test_promql_path_aborts_a_failing_canary(promql: Env) -> None:
     assert mine, series["data"][:3]
     # ... whose pod names Kubernetes cut: no replica-set suffix left for a pod-name pattern
     assert all(len(s["pod"]) == 63 and "6d4cf56db6" not in s["pod"] for s in mine), [s["pod"] for s in mine]
-    # the operator never listed pods to scrape them (the scrape path would have)
+    # the operator never listed the stable's pods to scrape them (the scrape path would have; it
+    # lists the canary's own pods for their restarts and readiness either way)
+    stable = status["stable"]["hash"]
     assert not [path for method, path in list(env.double.requests)
-                if method == "GET" and path.startswith(f"/api/v1/namespaces/{env.namespace}/pods")]
+                if method == "GET" and path.startswith(f"/api/v1/namespaces/{env.namespace}/pods")
+                and f"revision%3D{stable}" in path]
     bad = [line for line in env.log_lines() if line["level"] in ("error", "critical") or "exception" in line]
     assert bad == []
 

@@ -334,7 +334,9 @@ def test_a_spec_change_without_steps_promotes_once_the_canary_is_ready() -> None
     the canary has replaced) and is promoted as soon as all its replicas are ready."""
     old_hash = h()
     healthy = plan(md(), Observed((dep(old_hash),)), SETTINGS, T0)
-    changed = body(model={"uri": "pvc://models/fraud/1.5.0/model.pt", "version": "1.5.0"})
+    # (T1 to T2 is 5 minutes, the default rollout.readyTimeout: a canary half-ready that long aborts)
+    changed = body(model={"uri": "pvc://models/fraud/1.5.0/model.pt", "version": "1.5.0"},
+                   rollout={"readyTimeout": "15m"})
     new_hash = h(changed)
     old = dep(old_hash)
 

@@ -190,7 +190,8 @@ def start_canary(r: Rollout, servers: dict[str, MetricsServer], canary_ports: li
             break
     r.sync_pods()
     status = r.md("digits")["status"]
-    assert status["canary"]["weight"] == 50 and status["phase"] == "Paused", status
+    # step 1 of 2 (setWeight 50) holds until a window at 50% passed
+    assert status["canary"]["weight"] == 50 and status["canary"]["step"] == 0, status
     assert (status["canary"].get("analysis") or {}).get("lastTime"), status["canary"]
     return status
 
@@ -336,9 +337,9 @@ def test_action_annotations_are_removed_once_acted_on(servers: dict[str, Metrics
     # the status was written before the annotation went away: the promote is not lost
     kinds = [w.verb for w in r.kube.writes_since(mark)]
     assert kinds.index("patch_status") < kinds.index("patch")
-    # the manual pause (step 1 of [setWeight 50, pause {}]) is over: the canary heads for 100%
+    # step 1 of [setWeight 50, pause {}] is completed by hand: on to the manual pause
     canary = md["status"]["canary"]
-    assert canary["hash"] and canary["step"] == 2 and canary["requestedWeight"] == 100
+    assert canary["hash"] and canary["step"] == 1 and canary["requestedWeight"] == 50
     # the same for abort; a reconcile without annotations removes nothing
     store.patch(r.md_type, NS, "digits", "application/merge-patch+json",
                 {"metadata": {"annotations": {ABORT_ANNOTATION: "now"}}})

@@ -86,6 +86,9 @@ def canary_health(label: str, progress: Progress, failure: tuple[str, str] | Non
         return Health("Degraded", "CanaryAborted", f"{label} aborted: {progress.abort_reason}")
     if failure:
         return Health("Degraded", failure[0], f"{label}: {failure[1]}")
+    if progress.held:  # the rollout paused itself: analysis could not tell whether the canary is fine
+        return Health("Paused", "InconclusiveAnalysis",
+                      f"{label} at {effective}%: paused after {progress.held}; promote to continue")
     if paused:
         return Health("Paused", "RolloutPaused",
                       f"{label} at {effective}%: paused at {describe_step(steps, progress.step)}; promote to continue")

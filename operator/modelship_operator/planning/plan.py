@@ -9,6 +9,7 @@ pods (the pod template), revisions (identity, history), traffic (split, routes),
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
@@ -22,6 +23,7 @@ from .events import Event, spec_warnings, transition_events
 from .health import assess, canary_health, deployment_failure
 from .observed import DeploymentState, Observed
 from .pods import RevisionPlan, revision_plan, server_image
+from .recovery import canary_record, progress_changed, recover, stable_record
 from .revisions import (history_entry, previous_history, revision_hash, revision_number, revision_source,
                         shaping_spec)
 from .rollout import (ACTION_ANNOTATIONS, Outcome, Progress, advance, analysis_window, new_verdict, next_wake,
@@ -78,12 +80,26 @@ class Plan:
     metrics_path: str = METRICS_PATH
     scrape_interval: str = "30s"
     series_relabelings: tuple[tuple[str, str], ...] = ()
+    # The rollout record (observed.ROLLOUT_RECORD) each revision Deployment carries, by name.
+    records: Mapping[str, str] = field(default_factory=dict)
 
     def revision(self, role: str) -> RevisionPlan | None:
         return next((r for r in self.revisions if r.role == role), None)
 
 
 def plan(md: ModelDeployment, observed: Observed, settings: Settings, now: datetime) -> Plan:
+    # The rollout state from status, or from the records on the Deployments where status lost it.
+    recovered, notes = recover(previous_status(md), observed.records(), timestamp(now),
+                               revision_hash(md, settings))
+    if not notes:
+        return _plan(md, observed, settings, now)
+    result = _plan(dataclasses.replace(md, raw_status=recovered), observed, settings, now)
+    event = Event("Normal", "RolloutStateRecovered",
+                  "status did not hold the rollout state; recovered from the Deployments: " + "; ".join(notes))
+    return dataclasses.replace(result, events=(event, *result.events))
+
+
+def _plan(md: ModelDeployment, observed: Observed, settings: Settings, now: datetime) -> Plan:
     previous = previous_status(md)
     hash_ = revision_hash(md, settings)
     stable_before = previous.get("stable") or {}
@@ -158,12 +174,9 @@ def _single_plan(md: ModelDeployment, observed: Observed, settings: Settings, no
         rollout_events.append(
             Event("Normal", "ActionIgnored", f"no canary rollout in progress: {', '.join(consumed)} has nothing to act on")
         )
-    # Outgoing revisions (a direct replacement) keep serving until the new one is fully
-    # available, then are pruned. A cancelled canary is not kept.
-    outgoing = [
-        d for d in observed.deployments
-        if d.revision != hash_ and d.available_replicas > 0 and d.revision != canary_before.get("hash")
-    ]
+    # Outgoing revisions (a direct replacement, a cancelled canary) keep serving until the new
+    # one is fully available, then are pruned: capacity never drops while the stable scales up.
+    outgoing = [d for d in observed.deployments if d.revision != hash_ and d.available_replicas > 0]
     health = assess(rev, state, sum(d.available_replicas for d in outgoing), previous)
     kept = [] if health.phase == "Healthy" else sorted(outgoing, key=lambda d: d.name)
     counted = ([state] if state else []) + kept
@@ -182,6 +195,7 @@ def _single_plan(md: ModelDeployment, observed: Observed, settings: Settings, no
         consumed_actions=consumed,
         traffic_mode=mode,
         route=route_plan(md, rev, None, 0, False) if mode == "gateway" else None,
+        records={rev.name: stable_record(status["stable"])},
     )
 
 
@@ -214,7 +228,15 @@ def _canary_plan(
     canary_ready = canary_state.ready_replicas if canary_state else 0
     stable_ready = stable_state.ready_replicas if stable_state else 0
 
+    lost = None
     if canary_before.get("hash") != hash_:
+        if hash_ in observed.pinned() and not canary_before.get("hash"):
+            # The canary runs, but neither status nor its Deployment's record knows how far it
+            # got: it starts over; actions present now cannot be told apart from consumed ones.
+            lost = "the rollout state of this canary was lost, so it restarted at step 1; set it again"
+            events.append(Event("Warning", "RolloutRestarted",
+                                f"no rollout state found for canary revision {number} ({hash_}) in status or on its "
+                                "Deployment: it restarts at step 1 (never a promotion without its analysis)"))
         if canary_before.get("hash"):
             events.append(
                 Event("Normal", "CanaryReplaced",
@@ -238,7 +260,9 @@ def _canary_plan(
 
     verdict = new_verdict(observed.analysis, hash_, progress)
     actions = {a: md.annotations[a] for a in ACTION_ANNOTATIONS if a in md.annotations}
-    outcome = advance(progress, steps, limits, actions, verdict, ready_at, aware(now), stamp)
+    pods = None if observed.pods is None else tuple(p for p in observed.pods if p.revision == hash_)
+    outcome = advance(progress, steps, limits, actions, verdict, ready_at, aware(now), stamp,
+                      rollout=md.spec.rollout, pods=pods, ignore_actions=lost)
     progress = outcome.progress
     events.extend(outcome.events)
     weight = 0 if progress.aborted else requested_weight(steps, progress.step)
@@ -267,6 +291,15 @@ def _canary_plan(
     else:
         stable_replicas, canary_replicas = scale.stable_replicas, scale.canary_replicas
         effective = scale.effective_weight
+    if progress.aborted and stable_ready < total:
+        # Keep capacity: the aborted canary's ready pods stay until the stable has all its
+        # replicas ready (minutes for a GPU model), then go. Gateway mode routes them nothing
+        # meanwhile; in replicas mode they keep their share of the one Service (taking them out
+        # would change their pod template, i.e. restart them).
+        canary_replicas = min(canary_ready, canary_state.replicas if canary_state else 0)
+        if mode == "replicas":
+            ready_pods = canary_replicas + stable_ready  # the canary's share of them, rounded half up
+            effective = 0 if ready_pods == 0 else (200 * canary_replicas + ready_pods) // (2 * ready_pods)
     stable_rev = revision_plan(old_md, old_settings, stable_hash, stable_number, "stable", stable_replicas)
     canary_rev = revision_plan(md, settings, hash_, number, "canary", canary_replicas)
 
@@ -275,6 +308,11 @@ def _canary_plan(
     label = f"canary revision {number} ({hash_}, version {canary_rev.version})"
     failure = deployment_failure(canary_state) if canary_state else None
     health = canary_health(label, progress, failure, outcome.paused, steps, effective, weight, canary_ready, total)
+    canary = canary_status(canary_rev, progress, effective=effective, weight=weight, ready=canary_ready,
+                           analysis=analysis, holding=outcome.holding)
+    before = canary_before if canary_before.get("hash") == hash_ else {}
+    if progress_changed(before, canary):
+        canary["seq"] = as_int(before.get("seq")) + 1
 
     states = [s for s in (stable_state, canary_state) if s is not None]
     # /scale (what the HPA divides by): in gateway mode the canary's pods are extra to spec.replicas.
@@ -282,8 +320,7 @@ def _canary_plan(
     status = assemble_status(
         md, settings, stamp, health=health, available=sum(s.available_replicas for s in states), wanted=total,
         stable=revision_status(stable_rev, stable_state, stable_before.get("spec") or {}),
-        canary=canary_status(canary_rev, progress, effective=effective, weight=weight, ready=canary_ready,
-                             analysis=analysis),
+        canary=canary,
         history=history, counted=scaled, mode=mode,
     )
     warnings = spec_warnings(canary_rev, autoscaling_plan(md), md, mode)
@@ -300,6 +337,7 @@ def _canary_plan(
         route=route_plan(md, stable_rev, canary_rev, effective, canary_ready > 0 and not progress.aborted)
         if mode == "gateway" else None,
         analysis=limits if analysing else None,
+        records={stable_rev.name: stable_record(status["stable"]), canary_rev.name: canary_record(canary)},
     )
 
 
@@ -345,4 +383,5 @@ def _promoted_plan(
         consumed_actions=outcome.consumed,
         traffic_mode=mode,
         route=route_plan(md, rev, None, 0, False) if mode == "gateway" else None,
+        records={rev.name: stable_record(status["stable"])},
     )

@@ -80,8 +80,9 @@ def revision_status(rev: RevisionPlan, state: DeploymentState | None, spec: Mapp
 
 
 def canary_status(rev: RevisionPlan, progress: Progress, *, effective: int, weight: int, ready: int,
-                  analysis: Mapping[str, Any]) -> dict:
-    """`status.canary`: everything a restarted operator needs to resume the rollout."""
+                  analysis: Mapping[str, Any], holding: str | None = None) -> dict:
+    """`status.canary`: everything a restarted operator needs to resume the rollout (the same
+    progress is recorded on the canary Deployment, see recovery.py), and why a step holds."""
     status: dict[str, Any] = {
         "revision": rev.number,
         "hash": rev.hash,
@@ -95,9 +96,15 @@ def canary_status(rev: RevisionPlan, progress: Progress, *, effective: int, weig
         "readyReplicas": ready,
         "aborted": progress.aborted,
         "analysis": dict(analysis),
+        "restarts": progress.restarts,
+        "seq": progress.seq,
     }
     if progress.abort_reason and progress.aborted:
         status["abortReason"] = progress.abort_reason
+    optional = {"actions": list(progress.actions), "heldReason": progress.held,
+                "podRestarts": dict(progress.pod_restarts), "unreadySince": progress.unready_since,
+                "holdReason": None if progress.aborted else holding}
+    status.update({k: v for k, v in optional.items() if v})
     return status
 
 
