@@ -97,6 +97,12 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100, help="ModelDeployments to create (default %(default)s)")
@@ -210,6 +216,7 @@ def run(n: int, kubeconfig: str | None, timeout: float, steady: float,
             result["steady_reconciles_that_wrote"] = _logged_writes(log_path, window_start)
             result["steady_writes"] = len(changed) + result["steady_reconciles_that_wrote"]
         result["peak_rss_mb"] = round(peak_rss_mb(proc.pid), 1)
+        result["operator_cpu_s"] = cpu_seconds(proc.pid)  # whether the operator or the server is the limit
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
