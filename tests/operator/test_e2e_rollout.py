@@ -14,8 +14,11 @@ scrapes then count the same requests once per pod, which leaves error rates and 
 they are.
 
 With `pytest --cluster` the same file runs against a real cluster: it checks that a version
-change creates a canary Deployment, and skips the rest, which needs pods that run the server
-and serve real metrics (a kubelet and the image) -- see the skip reasons.
+change creates a canary Deployment, that a canary no request reaches is paused on inconclusive
+analysis and never promoted, and that a canary whose model cannot load is aborted within
+`readyTimeout` (its pods really run: a kubelet such as ../shared/cluster/podlet.py with
+`file:///models/digits/model.pt` under its image root); it skips the steps that need traffic
+driven to real servers here -- see the skip reasons.
 """
 from __future__ import annotations
 
@@ -114,8 +117,9 @@ class PodController:
             for extra in have[wanted:]:
                 store.delete(pod_type, namespace, extra["metadata"]["name"])
             for _ in range(wanted - len(have)):
-                self._create_pod(namespace, name, template, container, self.ports[version])
-            status = deployment_status(dep, wanted)
+                self._create_pod(namespace, name, template, container, self.ports.get(version))
+            # a version no server runs crash-loops: its pods never become ready
+            status = deployment_status(dep, wanted if version in self.ports else 0)
             live = dep.get("status") or {}
             if any(live.get(k) != status.get(k) for k in ("observedGeneration", "replicas", "readyReplicas")):
                 store.set_status(dep_type, namespace, name, status)
@@ -131,20 +135,28 @@ class PodController:
     def _port(pod: dict) -> int:
         return next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"] if p["name"] == METRICS_PORT_NAME)
 
-    def _create_pod(self, namespace: str, deployment: str, template: dict, container: dict, port: int) -> None:
+    def _create_pod(self, namespace: str, deployment: str, template: dict, container: dict,
+                    port: int | None) -> None:
+        """A pod of the Deployment: its metrics on `port`, or, with no server for its version, a
+        container that exits at once (as the server does when its model file is missing)."""
         store = self.double.store
         labels = {**template["metadata"]["labels"], "owner-deployment": deployment}
         # /metrics lives on the admin port: there this pod's loopback metrics server answers
-        ports = [dict(p, containerPort=port) if p.get("name") == METRICS_PORT_NAME else p
+        ports = [dict(p, containerPort=port or 1) if p.get("name") == METRICS_PORT_NAME else p
                  for p in container.get("ports", [])]
         pod = store.create(store.type_for("v1", "Pod"), namespace, {
             "metadata": {"name": generated_pod_name(deployment, "6d4cf56db6", f"{next(self._names):05d}"),
                          "labels": labels},
             "spec": {"containers": [{"name": container["name"], "image": container["image"], "ports": ports}]},
         })
-        store.set_status(store.type_for("v1", "Pod"), namespace, pod["metadata"]["name"],
-                         {"phase": "Running", "podIP": "127.0.0.1",
-                          "conditions": [{"type": "Ready", "status": "True"}]})
+        status = {"phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
+        if port is None:
+            status = {"phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "False"}],
+                      "containerStatuses": [{"name": container["name"], "ready": False, "started": False,
+                                             "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                                             "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                                                                          "message": "model file not found"}}}]}
+        store.set_status(store.type_for("v1", "Pod"), namespace, pod["metadata"]["name"], status)
 
 
 class Traffic:
@@ -443,6 +455,80 @@ def test_a_failing_canary_is_aborted(rollout: Env) -> None:
     assert [path for method, path in list(env.double.requests)
             if method == "GET" and path.startswith(f"/api/v1/namespaces/{env.namespace}/pods?")
             and "modelship.dev%2Frevision" in path]
+
+
+def test_a_canary_without_traffic_is_paused_not_promoted(rollout: Env) -> None:
+    """No request reaches the canary (here: none counts, minRequests is out of reach; on a real
+    cluster nothing sends any): every window is inconclusive, the step holds, and after
+    inconclusiveLimit windows the rollout pauses. It is never promoted."""
+    env = rollout
+    stable = _status(env)["stable"]["version"]  # 2.0.0 here; 1.0.0 on a cluster (no pods ran the steps)
+    target = "1.0.0" if stable != "1.0.0" else "2.0.0"
+    analysis = {**ANALYSIS, "minRequests": 1000000, "inconclusiveLimit": 2}
+    env.call(lambda k: k.patch(*MD, env.namespace, NAME, {"spec": {
+        "model": {"version": target}, "rollout": {"analysis": analysis, "steps": [{"setWeight": 20}]}}}))
+
+    async def paused(k: Kube) -> dict | None:
+        status = (await _md(k, env)).get("status") or {}
+        canary = status.get("canary") or {}
+        return status if canary.get("version") == target and canary.get("heldReason") else None
+
+    status = env.eventually(paused, "the quiet canary paused on inconclusive analysis", timeout=60)
+    assert status["phase"] == "Paused" and status["canary"]["step"] == 0
+    assert "inconclusive analysis windows in a row" in status["canary"]["heldReason"]
+    progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+    assert progressing["reason"] == "InconclusiveAnalysis"
+
+    async def warned(k: Kube) -> bool:  # posted right after the status that says Paused
+        events = await k.list("v1", "Event", env.namespace)
+        return any(e["involvedObject"]["name"] == NAME and e["reason"] == "InconclusiveAnalysis"
+                   and e["type"] == "Warning" for e in events)
+
+    env.eventually(warned, "a Warning event InconclusiveAnalysis", timeout=10)
+    time.sleep(3 * float(ANALYSIS["interval"].rstrip("s")))  # more windows: still not promoted
+    again = _status(env)
+    assert again["stable"]["version"] == stable and again["canary"]["version"] == target
+    # (repeated events are one series now, so the earlier promotion of 2.0.0 -- whose message names
+    # 1.0.0 as the removed revision -- is among the last objects: match the promoted version itself)
+    assert again["phase"] == "Paused" and not any(
+        e["reason"] == "Promoted" and f"version {target}) is now stable" in e["message"] for e in _events(env)[-20:])
+    code, out, err = _cli(env, "status", NAME)
+    assert code == 0 and "Paused:    " in out and "Windows:   this step 0 passed" in out, out
+
+
+def test_a_crash_looping_canary_is_aborted_within_ready_timeout(rollout: Env) -> None:
+    """A model that cannot load: the container exits, restarts, never gets Ready. The rollout
+    aborts within readyTimeout with a Warning naming the container's last termination."""
+    env = rollout
+    ready_timeout = 8
+    stable = _status(env)["stable"]["version"]
+    env.call(lambda k: k.patch(*MD, env.namespace, NAME, {"spec": {
+        "model": {"uri": "file:///models/missing/model.pt", "version": "9.9.9"},
+        "rollout": {"readyTimeout": f"{ready_timeout}s", "analysis": ANALYSIS, "steps": [{"setWeight": 20}]}}}))
+    started: dict[str, float] = {}
+
+    async def aborted(k: Kube) -> dict | None:
+        status = (await _md(k, env)).get("status") or {}
+        canary = status.get("canary") or {}
+        if canary.get("version") == "9.9.9":
+            started.setdefault("canary", time.monotonic())
+        return status if canary.get("version") == "9.9.9" and canary.get("aborted") else None
+
+    status = env.eventually(aborted, "the crash-looping canary aborted", timeout=ready_timeout + 60)
+    assert time.monotonic() - started["canary"] <= ready_timeout + 10, "aborted within readyTimeout (and a poll)"
+    reason = status["canary"]["abortReason"]
+    assert f"not Ready within readyTimeout {ready_timeout}s" in reason or "restarted" in reason, reason
+    assert status["phase"] == "Degraded" and status["stable"]["version"] == stable
+
+    async def warned(k: Kube) -> dict | None:  # posted right after the status that says aborted
+        events = await k.list("v1", "Event", env.namespace)
+        return next((e for e in events if e["involvedObject"]["name"] == NAME and e["reason"] == "CanaryAborted"
+                     and "9.9.9" in e["message"]), None)
+
+    warning = env.eventually(warned, "a CanaryAborted event for 9.9.9", timeout=10)
+    assert warning["type"] == "Warning"
+    if env.double is not None:  # the pod controller's crash: the reason reaches the event
+        assert "CrashLoopBackOff: Error exit 1: model file not found" in warning["message"], warning["message"]
 
 
 def test_operator_log_has_no_errors(rollout: Env) -> None:
