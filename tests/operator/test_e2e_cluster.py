@@ -347,9 +347,11 @@ def test_a_manual_promote_acts_once(cluster: Env) -> None:
     _set_model(env, "3.0.0")
 
     async def canary(k: Kube) -> str | None:
-        return next((h for h in await _deployments(k, env) if h != v2), None)
+        c = ((await _md(k, env)).get("status") or {}).get("canary") or {}
+        return c["hash"] if c.get("version") == "3.0.0" and c.get("hash") in await _deployments(k, env) else None
 
     v3 = env.shared["v3"] = env.eventually(canary, "the 3.0.0 canary Deployment", timeout=60)
+    assert _status(env)["stable"]["hash"] == v2
     _canary_at_weight(env, v3, 50, "the 3.0.0 canary Ready at weight 50")
     code, out, err = _cli(env, "promote", NAME)
     assert code == 0, err
