@@ -89,10 +89,10 @@ def test_peers_forward_feedback_with_the_token(model_dir: Path, heldout) -> None
         assert r.status_code == 200 and r.json()["result"] == "matched", r.text
 
 
-def test_store_memory_is_exported_against_its_budget(model_dir: Path, heldout) -> None:
+def test_store_memory_is_exported_against_its_budget(model_dir: Path, heldout, tmp_path: Path) -> None:
     X, _ = heldout
     budget = 64 << 10
-    with _serve(model_dir, feedback_max_bytes=budget, audit_file=str(model_dir.parent / "ids-audit.jsonl")) as srv:
+    with _serve(model_dir, feedback_max_bytes=budget, audit_file=str(tmp_path / "audit.jsonl")) as srv:
         srv.wait_ready()
         with httpx.Client(base_url=srv.url, timeout=30) as c:
             for i in range(600):
