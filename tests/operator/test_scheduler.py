@@ -268,3 +268,57 @@ def test_any_exception_is_isolated_and_logged(exc: Exception, caplog: pytest.Log
         asyncio.run(go())
     (record,) = [r for r in caplog.records if "reconcile of ml/a (change) failed" in r.getMessage()]
     assert type(exc).__name__ in record.getMessage() and record.exc_info is not None
+
+
+def test_enqueue_returns_at_once_and_requests_while_waiting_join_one_run() -> None:
+    """What the kopf handler does: hand over the key and return. 100 objects behind 2 slots:
+    each asked 3 times while it waits is reconciled once; one asked again while its reconcile
+    runs (a change the running reconcile may have missed) is reconciled once more."""
+    async def go() -> None:
+        gate = asyncio.Event()
+        calls: Counter = Counter()
+
+        async def reconcile(namespace: str, name: str, trigger: str) -> float | None:
+            calls[name] += 1
+            await gate.wait()
+            return None
+
+        async def no_objects() -> list[tuple[str, str]]:
+            return []
+        scheduler = Scheduler(reconcile, no_objects, concurrency=2)
+        names = [f"md-{i}" for i in range(100)]
+        for _ in range(3):
+            for name in names:
+                assert scheduler.enqueue(NS, name, "change") is None  # never waits
+        await settle()
+        assert sum(calls.values()) == 2 and len(scheduler._queued) == 98  # 2 running, the rest wait
+        running = next(iter(calls))
+        scheduler.enqueue(NS, running, "change")  # changed while its reconcile runs
+        gate.set()
+        for _ in range(20):
+            await settle()
+        assert calls[running] == 2 and all(calls[n] == 1 for n in names if n != running)
+        assert scheduler._queued == set() and scheduler._queue_tasks == set()
+        await scheduler.stop()
+
+    asyncio.run(go())
+
+
+def test_stop_cancels_enqueued_runs() -> None:
+    async def go() -> None:
+        objects = Objects()
+        clock = FakeClock()
+        scheduler = make(objects, clock, concurrency=1)
+        blocker = asyncio.Event()
+
+        async def hold(attempt: int) -> float | None:
+            await blocker.wait()
+            return None
+        objects.behaviour["a"] = hold
+        scheduler.enqueue(NS, "a", "change")
+        scheduler.enqueue(NS, "b", "change")
+        await settle()
+        await scheduler.stop()
+        assert [n for _, n, _ in objects.calls] == ["a"] and scheduler._queue_tasks == set()
+
+    asyncio.run(go())

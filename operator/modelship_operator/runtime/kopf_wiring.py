@@ -1,7 +1,8 @@
 """The kopf wiring, thin: kopf tells us what changed, the scheduler decides when to reconcile.
 
-- create / update / resume of a ModelDeployment → `scheduler.run` (which retries failures
-  itself, with back-off, so kopf never retries and writes no progress annotations).
+- create / update / resume of a ModelDeployment → `scheduler.enqueue` (the handler returns at
+  once; the scheduler reconciles when a slot is free and retries failures itself, with back-off,
+  so kopf never retries and writes no progress annotations).
 - children are watched by the watch caches (caches.py, started by Runtime.start): a change to
   any child reconciles its owner within moments, instead of at the next resync.
 - a deleted ModelDeployment → forget its wake-up, back-off state and analysis baselines.
@@ -73,7 +74,10 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-create")
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-update")
     async def on_change(body: kopf.Body, **_: Any) -> None:
-        await rt.scheduler.run(body.metadata.namespace, body.metadata.name, "change")
+        # Hand the key over and return: awaiting the reconcile would keep kopf's per-object
+        # worker and its event body alive while it waits for a reconcile slot (1,000 new
+        # objects: 1,000 bodies held). The reconcile reads the object when its turn comes.
+        rt.scheduler.enqueue(body.metadata.namespace, body.metadata.name, "change")
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="forget-deleted",
                    when=lambda type, **_: type == "DELETED")

@@ -61,6 +61,9 @@ class Scheduler:
     _resync_task: asyncio.Task | None = None
     _locks: weakref.WeakValueDictionary = field(default_factory=weakref.WeakValueDictionary)
     _slots: asyncio.Semaphore | None = None
+    # Objects with a run asked for by `enqueue` that has not started yet (at most one each).
+    _queued: set[Key] = field(default_factory=set)
+    _queue_tasks: set[asyncio.Task] = field(default_factory=set)
 
     # ---- one object
 
@@ -77,12 +80,16 @@ class Scheduler:
         key = (namespace, name)
         async with self._lock(key):
             if not self.active():
+                self._queued.discard(key)
                 log.debug("not reconciling %s/%s (%s): not the leader", namespace, name, trigger)
                 return False
             if self._slots is None:
                 self._slots = asyncio.Semaphore(max(1, self.concurrency))
             try:
                 async with self._slots:
+                    # The reconcile reads the object from now on: a change after this point
+                    # needs a run of its own.
+                    self._queued.discard(key)
                     requeue = await self.reconcile(namespace, name, trigger)
             except Exception as exc:  # noqa: BLE001 - isolation is the point: any error, this object only
                 failures = self.failures.get(key, 0) + 1
@@ -98,6 +105,19 @@ class Scheduler:
             self.failures.pop(key, None)
             self.schedule(namespace, name, requeue)
             return True
+
+    def enqueue(self, namespace: str, name: str, trigger: str) -> None:
+        """Reconcile the object soon, without waiting for it (a workqueue's Add): at most one run
+        per object waits for its turn, and requests while it waits join it. Only the key waits,
+        never a body: a burst of 1,000 new objects holds 1,000 keys, not 1,000 objects, while
+        `concurrency` reconciles run (each reads its object when it starts)."""
+        key = (namespace, name)
+        if key in self._queued:
+            return
+        self._queued.add(key)
+        task = asyncio.create_task(self.run(namespace, name, trigger), name=f"modelship-queued-{namespace}/{name}")
+        self._queue_tasks.add(task)
+        task.add_done_callback(self._queue_tasks.discard)
 
     def schedule(self, namespace: str, name: str, delay: float | None, trigger: str = "requeue") -> None:
         """Reconcile the object again after `delay` seconds (None: no timed wake-up). Replaces any
@@ -161,8 +181,9 @@ class Scheduler:
             self._resync_task = asyncio.create_task(self.resync_forever(), name="modelship-resync")
 
     async def stop(self) -> None:
-        tasks = list(self.wakeups.values())
+        tasks = list(self.wakeups.values()) + list(self._queue_tasks)
         self.wakeups.clear()
+        self._queued.clear()
         if self._resync_task is not None:
             tasks.append(self._resync_task)
             self._resync_task = None
