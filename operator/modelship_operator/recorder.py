@@ -1,6 +1,11 @@
 """Post the plan's Events as series: a repeated event bumps one Event object's count and
 lastTimestamp (planning/events.py decides which object and what changes); a new one is created.
-I/O through `kube` only."""
+I/O through `kube` only.
+
+Requests: a transition event (RevisionCreated, Ready, ...) is nearly always the first of its
+series, so it is created straight away (one POST; "already exists" falls back to read and bump).
+The per-window analysis events repeat by design, so their series is read first (GET + PATCH).
+"""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -8,7 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from .kube import TemporaryError
-from .planning.events import Event, series_name, series_update
+from .planning.events import REPEATING_REASONS, Event, series_name, series_update
 from .planning.values import timestamp
 
 
@@ -28,7 +33,7 @@ async def record(kube: EventAPI, involved: Mapping[str, Any], event: Event, now:
     """
     meta = involved.get("metadata") or {}
     namespace, name = meta.get("namespace"), series_name(str(meta.get("name")), str(meta.get("uid")), event)
-    existing = await kube.get("v1", "Event", namespace, name)
+    existing = await kube.get("v1", "Event", namespace, name) if event.reason in REPEATING_REASONS else None
     if existing is None:
         try:
             return await kube.create_event(involved, event.type, event.reason, event.message, name=name,

@@ -105,3 +105,20 @@ def test_an_event_created_meanwhile_is_continued_not_lost(apiserver: ApiServerDo
     written = asyncio.run(recorder.record(k, MD, Event("Normal", "AnalysisInconclusive", "second"),
                                           T0 + timedelta(seconds=30)))
     assert written["count"] == 2 and written["message"] == "second"
+
+
+def test_a_first_transition_event_costs_one_request_and_a_repeat_still_continues_it(
+        apiserver: ApiServerDouble, double_kubeconfig: Path) -> None:
+    """At scale every new ModelDeployment posts RevisionCreated: one POST, no read before it."""
+    async def go(k: Kube) -> tuple[dict, dict, dict]:
+        ready = Event("Normal", "Ready", "1/1 replicas ready")
+        await recorder.record(k, MD, ready, T0)
+        first = dict(k.requests)
+        await recorder.record(k, MD, ready, T0 + timedelta(seconds=30))  # flapped back: the same series
+        return first, dict(k.requests), (await k.get("v1", "Event", "ml", series_name("fraud", "uid-1", ready)))
+
+    first, total, stored = asyncio.run(go(Kube(Connection.from_kubeconfig(double_kubeconfig))))
+    assert {v: n for v, n in first.items() if n} == {"POST": 1}
+    assert stored["count"] == 2 and stored["lastTimestamp"] == "2026-03-01T12:00:30Z"
+    assert len(_events(Kube(Connection.from_kubeconfig(double_kubeconfig)))) == 1
+    assert total["GET"] == 1 and total["PATCH"] == 1  # the repeat: POST refused (exists), read, bump
