@@ -69,6 +69,7 @@ class Runtime:
     def forget(self, namespace: str, name: str, uid: str | None) -> None:
         """A deleted ModelDeployment: drop its wake-up, back-off state and analysis baselines."""
         self.scheduler.forget(namespace, name)
+        self.reconciler.forget(namespace, name)
         if uid:
             self.reconciler.memory.forget(uid)
 
