@@ -44,6 +44,10 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     ks.watching.server_timeout = 300  # the API server closes watches; kopf reconnects
     ks.watching.client_timeout = 330
     ks.networking.request_timeout = 30
+    # kopf's per-object workers at once: each only enqueues a key and patches kopf's annotation,
+    # so a few keep up; unbounded, a burst of 1,000 new objects runs 1,000 workers and their
+    # annotation patches at once (the operator's peak memory).
+    ks.batching.worker_limit = 32
     return ks
 
 
