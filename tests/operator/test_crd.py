@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import yaml
 
 from modelship_operator.api import crdgen
 from modelship_operator.api import validate as schema
+from modelship_operator.api.validate import walk
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "modeldeployments.modelship.dev.yaml"
@@ -27,19 +27,6 @@ def crd() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def root(crd: dict[str, Any]) -> dict[str, Any]:
     return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-
-
-def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every schema node with its path (properties, items, additionalProperties, anyOf)."""
-    yield path, node
-    for key, sub in (node.get("properties") or {}).items():
-        yield from walk(sub, f"{path}.{key}")
-    if isinstance(node.get("items"), dict):
-        yield from walk(node["items"], f"{path}[]")
-    if isinstance(node.get("additionalProperties"), dict):
-        yield from walk(node["additionalProperties"], f"{path}{{}}")
-    for i, sub in enumerate(node.get("anyOf") or ()):
-        yield from walk(sub, f"{path}<anyOf{i}>")
 
 
 def resolve(root: dict[str, Any], json_path: str) -> dict[str, Any] | None:
