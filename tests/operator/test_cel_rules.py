@@ -86,9 +86,9 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
     ("weight-above-100", setting("spec.rollout.steps.0.setWeight", 150),
      "spec.rollout.steps[0].setWeight: 150 is greater than the maximum of 100", "must be at most 100"),
     ("step-with-weight-and-pause", setting("spec.rollout.steps.0", {"setWeight": 10, "pause": {}}),
-     "spec.rollout.steps[0]: each rollout step sets exactly one of setWeight or pause", "exactly one of"),
+     "spec.rollout.steps[0]: each rollout step sets exactly one of setWeight, pause, setHeaderRoute or shadow", "exactly one of"),
     ("empty-step", setting("spec.rollout.steps.2", {}),
-     "spec.rollout.steps[2]: each rollout step sets exactly one of setWeight or pause", "exactly one of"),
+     "spec.rollout.steps[2]: each rollout step sets exactly one of setWeight, pause, setHeaderRoute or shadow", "exactly one of"),
     ("steps-without-traffic", setting("spec.rollout.steps", [{"setWeight": 0}, {"pause": {}}]),
      "spec.rollout: rollout.steps never gives the canary traffic", "never gives the canary traffic"),
     ("bad-pause-duration", setting("spec.rollout.steps.1.pause.duration", "two minutes"),
@@ -205,12 +205,60 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
      "spec.monitoring.feedback.maxBytes: 'lots' does not match", "is not a size"),
     ("audit-raw-inputs", setting("spec.monitoring", {"audit": {"enabled": True, "inputs": "raw"}}),
      "spec.monitoring.audit.inputs: 'raw' is not one of", "must be one of none, digest, summary"),
+    # issue 13: header routes, shadow steps, serving-signal autoscaling
+    ("header-route-with-replica-traffic",
+     both(setting("spec.rollout.traffic", "replicas"), setting("spec.rollout.gateway.mirrorPercent", DELETE),
+          setting("spec.rollout.steps.1", {"setHeaderRoute": {"name": "beta", "match": [
+              {"headerName": "X-Group", "headerValue": {"exact": "beta"}}]}})),
+     "spec.rollout: setHeaderRoute steps need an HTTPRoute", "setHeaderRoute steps need an HTTPRoute"),
+    ("header-route-two-values",
+     setting("spec.rollout.steps.1", {"setHeaderRoute": {"name": "beta", "match": [
+         {"headerName": "X-Group", "headerValue": {"exact": "beta", "prefix": "b"}}]}}),
+     "headerValue: a header route value sets exactly one of exact, prefix or regex", "exactly one of exact"),
+    ("header-route-header-and-cookie",
+     setting("spec.rollout.steps.1", {"setHeaderRoute": {"name": "beta", "match": [
+         {"headerName": "X-Group", "headerValue": {"exact": "b"}, "cookieName": "ab",
+          "cookieValue": {"exact": "b"}}]}}),
+     "a header route match names exactly one of headerName or cookieName", "exactly one of headerName"),
+    ("header-route-name-without-value",
+     setting("spec.rollout.steps.1", {"setHeaderRoute": {"name": "beta", "match": [{"cookieName": "ab"}]}}),
+     "cookieName needs cookieValue", "cookieName needs cookieValue"),
+    ("header-route-bad-header-name",
+     setting("spec.rollout.steps.1", {"setHeaderRoute": {"name": "beta", "match": [
+         {"headerName": "X Group", "headerValue": {"exact": "b"}}]}}),
+     "headerName: 'X Group' does not match", "does not match"),
+    ("shadow-zero-percent", setting("spec.rollout.steps.1", {"shadow": {"percent": 0, "duration": "1m"}}),
+     "spec.rollout.steps[1].shadow.percent: 0 is less than the minimum of 1", "must be at least 1"),
+    ("shadow-zero-duration", setting("spec.rollout.steps.1", {"shadow": {"percent": 10, "duration": "0m"}}),
+     "shadow.duration must be greater than zero", "must be greater than zero"),
+    ("shadow-bad-duration", setting("spec.rollout.steps.1", {"shadow": {"percent": 10, "duration": "ten"}}),
+     "shadow.duration must be a duration", "must be a duration"),
+    ("shadow-limits-without-shadow", setting("spec.rollout.analysis.maxDisagreement", 0.05),
+     "analysis.maxDisagreement and maxMeanAbsDiff are measured during shadow steps", "add a shadow step"),
+    ("disagreement-above-one", both(setting("spec.rollout.analysis.maxDisagreement", 2),
+                                    setting("spec.rollout.steps.1", {"shadow": {"percent": 10, "duration": "1m"}})),
+     "spec.rollout.analysis.maxDisagreement: 2 is greater than the maximum of 1", "must be at most 1"),
+    ("inflight-without-target", setting("spec.autoscaling.metric", "inflight"),
+     "autoscaling.metric inflight, queue or rps needs autoscaling.target", "needs autoscaling.target"),
+    ("unknown-autoscaling-metric", setting("spec.autoscaling.metric", "gpu"),
+     "spec.autoscaling.metric: 'gpu' is not one of", "must be one of cpu, inflight, queue, rps"),
+    ("zero-autoscaling-target", both(setting("spec.autoscaling.metric", "rps"), setting("spec.autoscaling.target", 0)),
+     "spec.autoscaling.target: 0 is less than or equal to the minimum of 0", "must be above 0"),
 ]
 
 # Valid edge cases: each sits right at a boundary one of the rules draws.
 VALID: list[tuple[str, Mutation]] = [
     ("weights-at-bounds", setting("spec.rollout.steps", [{"setWeight": 0}, {"setWeight": 100}])),
     ("no-steps", setting("spec.rollout.steps", [])),
+    ("shadow-then-promote", both(setting("spec.rollout.steps", [{"shadow": {"percent": 100, "duration": "5m"}}]),
+                                 setting("spec.rollout.analysis.maxDisagreement", 0),
+                                 setting("spec.rollout.analysis.maxMeanAbsDiff", 0.5))),
+    ("header-route-then-remove", setting("spec.rollout.steps", [
+        {"setHeaderRoute": {"name": "beta", "match": [{"headerName": "X-Group", "headerValue": {"regex": "^b.*"}},
+                                                      {"cookieName": "ab", "cookieValue": {"prefix": "b"}}]}},
+        {"setWeight": 10}, {"setHeaderRoute": {"name": "beta"}}, {"setWeight": 50}])),
+    ("queue-autoscaling-without-cpu", setting("spec.autoscaling", {
+        "minReplicas": 1, "maxReplicas": 4, "metric": "queue", "target": 32, "targetCPUUtilization": 0})),
     ("queue-equals-batch", setting("spec.server.batching.maxQueue", 64)),
     ("delay-just-below-timeout", setting("spec.server.batching.maxDelayMs", 9999)),
     ("min-equals-max", setting("spec.autoscaling.minReplicas", 8)),
@@ -320,7 +368,7 @@ def test_every_cel_rule_is_exercised() -> None:
 def test_rules_see_the_node_they_sit_on() -> None:
     """Evaluate single rules directly with `self` bound to the node value."""
     rules = {r["message"]: r["rule"] for r in _all_rules()}
-    step_rule = rules["each rollout step sets exactly one of setWeight or pause"]
+    step_rule = rules["each rollout step sets exactly one of setWeight, pause, setHeaderRoute or shadow"]
     assert schema.eval_rule(step_rule, {"setWeight": 10}) is True
     assert schema.eval_rule(step_rule, {"pause": {"duration": "1m"}}) is True
     assert schema.eval_rule(step_rule, {"setWeight": 10, "pause": {}}) is False
@@ -358,7 +406,7 @@ def test_an_example_file_round_trip() -> None:
     obj = yaml.safe_load((ROOT / "examples" / "canary-gateway.yaml").read_text())
     obj["spec"]["rollout"]["steps"].append({"setWeight": 20, "pause": {"duration": "1m"}})
     errors = schema.validate(obj, cel=True)
-    assert errors == ["spec.rollout.steps[6]: each rollout step sets exactly one of setWeight or pause"]
+    assert errors == ["spec.rollout.steps[6]: each rollout step sets exactly one of setWeight, pause, setHeaderRoute or shadow"]
 
 
 def test_without_jsonschema_the_typed_model_gives_the_verdict(monkeypatch: pytest.MonkeyPatch) -> None:

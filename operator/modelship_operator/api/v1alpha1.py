@@ -373,9 +373,12 @@ class AutoscalingSpec(_Object):
         Rule("self.minReplicas <= self.maxReplicas",
              "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
              lambda a: a.min_replicas <= a.max_replicas),
-        Rule("self.targetCPUUtilization > 0 || (has(self.metrics) && size(self.metrics) > 0)",
+        Rule("self.metric != 'cpu' || self.targetCPUUtilization > 0 || (has(self.metrics) && size(self.metrics) > 0)",
              "autoscaling needs a target: targetCPUUtilization > 0 or at least one entry in metrics",
-             lambda a: a.target_cpu_utilization > 0 or len(a.metrics) > 0),
+             lambda a: a.metric != "cpu" or a.target_cpu_utilization > 0 or len(a.metrics) > 0),
+        Rule("self.metric == 'cpu' || has(self.target)",
+             "autoscaling.metric inflight, queue or rps needs autoscaling.target (the value per pod to aim for)",
+             lambda a: a.metric == "cpu" or a.target is not None),
     )
 
     max_replicas: Annotated[Int32, OA(minimum=1, maximum=1000)] = F("Most pods the autoscaler may run.")
@@ -387,6 +390,15 @@ class AutoscalingSpec(_Object):
         tuple[Annotated[dict[str, Any], PassThrough, OA(description="One autoscaling/v2 MetricSpec.")], ...],
         OA(maxItems=16),
     ] = F("Additional autoscaling/v2 MetricSpec entries, passed through to the HorizontalPodAutoscaler.", ())
+    metric: Literal["cpu", "inflight", "queue", "rps"] = F(
+        "The serving signal to scale on: cpu (targetCPUUtilization), inflight (requests in flight per pod), "
+        "queue (rows waiting in the batcher per pod) or rps (requests per second per pod). A non-cpu metric "
+        "renders a KEDA ScaledObject (Prometheus trigger) when KEDA's CRD is served and the operator knows a "
+        "Prometheus address, else a HorizontalPodAutoscaler with a Pods metric served by prometheus-adapter "
+        "(the chart ships its rules).", "cpu")
+    target: Annotated[float, OA(minimum=0, exclusiveMinimum=True)] | None = F(
+        "Average value per pod of autoscaling.metric to aim for, e.g. 4 requests in flight or 50 requests per "
+        "second. Needed for every metric except cpu.", None)
 
 
 # --------------------------------------------------------------------------- spec.rollout
@@ -402,18 +414,95 @@ class PauseSpec(_Object):
         return None if self.duration is None else parse_duration(self.duration)
 
 
+_HEADER_NAME = r"^[-A-Za-z0-9!#$%&'*+.^_`|~]+$"  # an RFC 7230 token, as Gateway API's HTTPHeaderName
+_COOKIE_NAME = _HEADER_NAME
+
+
 @api
-class RolloutStep(_Object):
-    """One step; sets exactly one of setWeight or pause."""
+class StringMatch(_Object):
+    """How a header or cookie value matches; exactly one of exact, prefix or regex."""
 
     __rules__ = (
-        Rule("has(self.setWeight) != has(self.pause)", "each rollout step sets exactly one of setWeight or pause",
-             lambda s: (s.set_weight is None) != (s.pause is None)),
+        Rule("(has(self.exact) ? 1 : 0) + (has(self.prefix) ? 1 : 0) + (has(self.regex) ? 1 : 0) == 1",
+             "a header route value sets exactly one of exact, prefix or regex",
+             lambda m: sum(v is not None for v in (m.exact, m.prefix, m.regex)) == 1),
+    )
+
+    exact: Annotated[str, OA(maxLength=4096)] | None = F("The value equals this string.", None)
+    prefix: Annotated[str, OA(minLength=1, maxLength=4096)] | None = F("The value starts with this string.", None)
+    regex: Annotated[str, OA(minLength=1, maxLength=1024)] | None = F(
+        "The value matches this regular expression (RE2 syntax, as the Gateway's RegularExpression match).", None)
+
+
+@api
+class HeaderRouteMatch(_Object):
+    """One condition of a header route: a request header or a cookie; all conditions of a route must hold."""
+
+    __rules__ = (
+        Rule("has(self.headerName) != has(self.cookieName)",
+             "a header route match names exactly one of headerName or cookieName",
+             lambda m: (m.header_name is None) != (m.cookie_name is None)),
+        Rule("has(self.headerName) == has(self.headerValue) && has(self.cookieName) == has(self.cookieValue)",
+             "headerName needs headerValue and cookieName needs cookieValue",
+             lambda m: (m.header_name is None) == (m.header_value is None)
+             and (m.cookie_name is None) == (m.cookie_value is None)),
+    )
+
+    header_name: Annotated[str, OA(minLength=1, maxLength=256, pattern=_HEADER_NAME)] | None = F(
+        "Request header to match, e.g. X-User-Group (case-insensitive, as HTTP).", None)
+    header_value: StringMatch | None = F("How the header's value matches.", None)
+    cookie_name: Annotated[str, OA(minLength=1, maxLength=256, pattern=_COOKIE_NAME)] | None = F(
+        "Cookie to match, e.g. ab-group (matched inside the Cookie header).", None)
+    cookie_value: StringMatch | None = F("How the cookie's value matches.", None)
+
+
+@api
+class HeaderRouteStep(_Object):
+    """Send requests that match to the canary, whatever the weight (gateway traffic only). With matches it
+    adds (or replaces) the named route; without, it removes it. Routes last until removed or the rollout ends."""
+
+    name: Annotated[str, OA(minLength=1, maxLength=63, pattern=NAME_PATTERN)] = F(
+        "Name of the route (later steps refer to it to replace or remove it).")
+    match: Annotated[tuple[HeaderRouteMatch, ...], OA(maxItems=8)] = F(
+        "Conditions that must all hold (headers and cookies); empty removes the route.", ())
+
+
+@api
+class ShadowStep(_Object):
+    """Run the canary as a shadow: it takes no user traffic; stable pods copy a sample of their inference
+    requests to it after answering, compare the answers and export the difference as metrics."""
+
+    percent: Annotated[Int32, OA(minimum=1, maximum=100)] = F(
+        "Percentage of the stable's inference requests copied to the canary.")
+    duration: Annotated[str, OA(maxLength=32), _duration_rule("shadow.duration"),
+                        _positive_rule("shadow.duration")] = F(
+        "How long the step shadows (its analysis windows must also pass), e.g. 10m.")
+
+    @property
+    def seconds(self) -> float:
+        return parse_duration(self.duration)
+
+
+def _one_action(s: RolloutStep) -> bool:
+    return sum(v is not None for v in (s.set_weight, s.pause, s.set_header_route, s.shadow)) == 1
+
+
+@api
+class RolloutStep(_Object):
+    """One step; sets exactly one of setWeight, pause, setHeaderRoute or shadow."""
+
+    __rules__ = (
+        Rule("(has(self.setWeight) ? 1 : 0) + (has(self.pause) ? 1 : 0) + (has(self.setHeaderRoute) ? 1 : 0)"
+             " + (has(self.shadow) ? 1 : 0) == 1",
+             "each rollout step sets exactly one of setWeight, pause, setHeaderRoute or shadow",
+             _one_action),
     )
 
     set_weight: Annotated[Int32, OA(minimum=0, maximum=100)] | None = F(
         "Percentage of traffic sent to the canary from this step on.", None)
     pause: PauseSpec | None = F(PauseSpec.__doc__ or "", None)
+    set_header_route: HeaderRouteStep | None = F(HeaderRouteStep.__doc__ or "", None)
+    shadow: ShadowStep | None = F(ShadowStep.__doc__ or "", None)
 
 
 @api
@@ -438,6 +527,12 @@ class AnalysisSpec(_Object):
     on_inconclusive: Literal["Pause", "Abort"] = F(
         "What inconclusiveLimit consecutive inconclusive windows do: Pause (phase Paused, a condition and an "
         "Event say why; promote or fix the traffic) or Abort.", "Pause")
+    max_disagreement: Annotated[float, OA(minimum=0, maximum=1)] | None = F(
+        "During shadow steps: highest fraction of compared rows whose predicted class (argmax) differs between "
+        "the canary and the stable. Unset means not checked.", None)
+    max_mean_abs_diff: Annotated[float, OA(minimum=0)] | None = F(
+        "During shadow steps: highest mean absolute difference between the canary's and the stable's outputs "
+        "over the compared rows. Unset means not checked.", None)
 
     @property
     def interval_seconds(self) -> float:
@@ -477,7 +572,18 @@ class GatewaySpec(_Object):
 
 
 def _steps_give_traffic(r: RolloutSpec) -> bool:
-    return len(r.steps) == 0 or any(s.set_weight is not None and s.set_weight > 0 for s in r.steps)
+    return len(r.steps) == 0 or any((s.set_weight is not None and s.set_weight > 0) or s.shadow is not None
+                                    for s in r.steps)
+
+
+def _header_routes_need_gateway(r: RolloutSpec) -> bool:
+    return not any(s.set_header_route is not None for s in r.steps) or (
+        r.traffic != "replicas" and r.gateway is not None)
+
+
+def _shadow_limits_need_shadow(r: RolloutSpec) -> bool:
+    unset = r.analysis.max_disagreement is None and r.analysis.max_mean_abs_diff is None
+    return unset or any(s.shadow is not None for s in r.steps)
 
 
 @api
@@ -491,9 +597,16 @@ class RolloutSpec(_Object):
         Rule("!has(self.gateway) || !has(self.gateway.mirrorPercent) || self.traffic != 'replicas'",
              "rollout.gateway.mirrorPercent needs an HTTPRoute: use traffic gateway or auto, not replicas",
              lambda r: r.gateway is None or r.gateway.mirror_percent is None or r.traffic != "replicas"),
-        Rule("size(self.steps) == 0 || self.steps.exists(s, has(s.setWeight) && s.setWeight > 0)",
-             "rollout.steps never gives the canary traffic: add a setWeight step above 0",
+        Rule("size(self.steps) == 0 || self.steps.exists(s, (has(s.setWeight) && s.setWeight > 0) || has(s.shadow))",
+             "rollout.steps never gives the canary traffic: add a setWeight step above 0 or a shadow step",
              _steps_give_traffic),
+        Rule("!self.steps.exists(s, has(s.setHeaderRoute)) || (self.traffic != 'replicas' && has(self.gateway))",
+             "setHeaderRoute steps need an HTTPRoute: set rollout.gateway and traffic gateway or auto, not replicas",
+             _header_routes_need_gateway),
+        Rule("(!has(self.analysis.maxDisagreement) && !has(self.analysis.maxMeanAbsDiff)) || "
+             "self.steps.exists(s, has(s.shadow))",
+             "analysis.maxDisagreement and maxMeanAbsDiff are measured during shadow steps: add a shadow step",
+             _shadow_limits_need_shadow),
     )
 
     steps: Annotated[tuple[RolloutStep, ...], OA(maxItems=32), WriteEmptyDefault] = F(
@@ -675,6 +788,10 @@ class AnalysisStatus:
     step_inconclusive: Int32 = F("Inconclusive windows measured during the current step.", 0)
     inconclusive_streak: Int32 = F("Inconclusive windows in a row (the rollout pauses at inconclusiveLimit).", 0)
     restarts_at_start: Int32 | None = F("Canary container restarts counted when the current window started.", None)
+    compared: Int64 | None = F("Rows the stable compared with the canary in the latest shadow check.", None)
+    disagreement: float | None = F("Fraction of compared rows whose predicted class differed (latest shadow "
+                                   "check).", None)
+    mean_abs_diff: float | None = F("Mean absolute difference of the outputs (latest shadow check).", None)
 
 
 @status
@@ -707,6 +824,10 @@ class CanaryStatus:
         "Since when fewer canary pods are Ready than the step needs (readyTimeout counts from here).", None)
     actions: tuple[Annotated[str, OA(maxLength=1024, description="One action: annotation=value.")], ...] = F(
         "Manual actions (annotation=value) acted on whose annotation is still present: not acted on again.", ())
+    header_routes: tuple[Annotated[str, OA(maxLength=63, description="One route name.")], ...] = F(
+        "Names of the header routes (setHeaderRoute) that send matching requests to the canary now.", ())
+    shadow_percent: Int32 | None = F("Percentage of the stable's requests copied to the canary now (shadow "
+                                     "step); unset outside shadow steps.", None)
     seq: Int64 = F("Counts changes of the rollout state; the same state is recorded on the canary Deployment "
                    "(annotation modelship.dev/rollout) and the newer of the two is used.", 0)
 
