@@ -22,6 +22,9 @@ ExternalName Services, the client's source address (the backend sees the forward
 kube-proxy's in-kernel per-packet NAT (this is a userspace proxy: a connection, once
 forwarded, stays on its backend, as it does with kube-proxy too).
 
+`NetnsLoad` is the client side: load from inside the netns (service_load.py) against a URL,
+e.g. a proxied ClusterIP, counting answers by status code and X-Model-Version.
+
 Needs root and the netns (`ServiceProxy.unavailable()` says why not; tests skip on it). Stop
 it with `stop()` (or `with`): the child closes its listeners, removes the addresses it added and
 exits; it does the same if the test process dies (its stdin closes).
@@ -226,3 +229,61 @@ class ServiceProxy:
             child.stdin.flush()
             self.table = table
             self._changed.notify_all()
+
+
+LOADER = Path(__file__).with_name("service_load.py")
+
+
+class NetnsLoad:
+    """Client traffic from inside the netns (service_load.py): POST `{"features": row}` to `url`
+    (a ClusterIP through a running ServiceProxy, as a pod's client would reach a Service) at `rps`,
+    one connection per request, until stopped. `counts()`: the cumulative answers so far, by
+    status code (0: none) and by the X-Model-Version of the 2xx ones."""
+
+    def __init__(self, url: str, rows: list[list[float]], rps: float, workdir: Path, netns: str = "podnet") -> None:
+        self.url, self.rps, self.netns = url, rps, netns
+        self._bodies = workdir / f"load-{time.monotonic_ns()}.json"
+        self._bodies.write_text(json.dumps(rows))
+        self._latest: dict[str, Any] = {"sent": 0, "codes": {}, "versions": {}}
+        self._lock = threading.Lock()
+        self._child: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> "NetnsLoad":
+        self._child = subprocess.Popen(["ip", "netns", "exec", self.netns, sys.executable, str(LOADER), self.url,
+                                        str(self._bodies), str(self.rps)],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self._reader = threading.Thread(target=self._read, name="netns-load", daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        assert self._child is not None and self._child.stdout is not None
+        for line in self._child.stdout:
+            try:
+                latest = json.loads(line)
+            except ValueError:
+                continue
+            with self._lock:
+                self._latest = latest
+
+    def counts(self) -> dict[str, Any]:
+        with self._lock:
+            return json.loads(json.dumps(self._latest))
+
+    def stop(self) -> dict[str, Any]:
+        """Stop and return the final counts."""
+        child, self._child = self._child, None
+        if child is not None:
+            try:
+                child.stdin.close()  # EOF: the loader prints its final counts and exits
+            except OSError:
+                pass
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(5)
+        if self._reader is not None:
+            self._reader.join(5)
+        return self.counts()

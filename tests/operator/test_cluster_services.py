@@ -8,11 +8,12 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from cluster_proxy import is_ready
-from cluster_services import ServiceProxy, in_netns, service_table, unavailable
+from cluster_services import NetnsLoad, ServiceProxy, in_netns, service_table, unavailable
 from modelship_operator.kube import Connection, Kube, kubeconfig_path
 from test_e2e import Env
 
@@ -124,7 +125,8 @@ def _get(url: str, n: int) -> list[str]:
 
 
 @pytest.mark.cluster
-def test_a_cluster_ip_answers_inside_the_pod_netns_round_robin_over_ready_endpoints(whoami: tuple[Env, dict]) -> None:
+def test_a_cluster_ip_answers_inside_the_pod_netns_round_robin_over_ready_endpoints(
+        whoami: tuple[Env, dict], tmp_path: Path) -> None:
     env, service = whoami
     ip, url = service["spec"]["clusterIP"], f"http://{service['spec']['clusterIP']}:80/"
 
@@ -154,6 +156,12 @@ def test_a_cluster_ip_answers_inside_the_pod_netns_round_robin_over_ready_endpoi
             time.sleep(1)
         assert gone not in answers and all(not a.startswith("error") for a in answers), answers
         assert f"{ip}/32" in in_netns(["ip", "-o", "addr", "show", "dev", "lo"]).stdout
+
+        # NetnsLoad: a client's load through the ClusterIP (this server answers POST with 501)
+        load = NetnsLoad(url, [[0.0]], rps=20, workdir=tmp_path).start()
+        time.sleep(2)
+        counts = load.stop()
+        assert counts["sent"] >= 10 and counts["codes"] == {"501": counts["sent"]}, counts
 
     # stopped: the address is gone from the netns loopback and nothing answers again
     assert f"{ip}/32" not in in_netns(["ip", "-o", "addr", "show", "dev", "lo"]).stdout
