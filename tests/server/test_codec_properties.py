@@ -82,7 +82,7 @@ v2_items = st.fixed_dictionaries({}, optional={
     "shape": st.one_of(shapes, json_values),
     "datatype": st.one_of(st.sampled_from(list(V2_TO_NUMPY)), json_values),
     "data": st.one_of(nested_numbers, json_values),
-    "parameters": st.one_of(st.fixed_dictionaries({"binary_data_size": st.one_of(st.integers(-5, 2**64), json_values)}), json_values),
+    "parameters": st.one_of(st.fixed_dictionaries({"binary_data_size": st.one_of(st.integers(-5, 2**64 - 1), json_values)}), json_values),
 })  # fmt: skip
 v2_requests = st.one_of(json_values, st.fixed_dictionaries({"inputs": st.one_of(st.lists(v2_items, max_size=3), json_values)}, optional={
     "id": json_values, "outputs": st.one_of(st.lists(st.fixed_dictionaries({}, optional={"name": json_values, "parameters": json_values}), max_size=2), json_values),

@@ -19,7 +19,9 @@ EXPECTED_SIGNATURE = {
     "version": "1.0.0",
     "task": "classification",
     "labels": [str(i) for i in range(10)],
-    "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
+    # The columns are scikit-learn's feature names of the digits, in the order the model takes them.
+    "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64],
+                "columns": [f"pixel_{r}_{c}" for r in range(8) for c in range(8)]}],  # fmt: skip
     "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
 }
 
@@ -131,6 +133,36 @@ def test_same_seed_builds_the_same_model(example_model_dir: Path, tmp_path: Path
     rebuilt = torch.jit.load(str(tmp_path / "model.pt"))
     for (k1, v1), (k2, v2) in zip(scripted.state_dict().items(), rebuilt.state_dict().items()):
         assert k1 == k2 and torch.equal(v1, v2), k1
+
+
+def build(out: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "build_model.py"), "--out", str(out), *args],
+                          check=True, timeout=300, capture_output=True, text=True)  # fmt: skip
+    return proc.stdout
+
+
+def test_variants_agree_with_v1_as_printed(example_model_dir: Path, scripted, heldout, tmp_path: Path) -> None:
+    """v2 (another seed, more epochs) agrees with v1 on most inputs, bad on none; each has its
+    own version, and the agreement the build prints is the one measured here on the held-out set."""
+    x, y = heldout
+    with torch.inference_mode():
+        v1 = scripted(torch.from_numpy(x)).argmax(dim=1).numpy()
+    measured = {}
+    for variant, version in (("v2", "2.0.0"), ("bad", "2.0.0-bad")):
+        out = tmp_path / variant
+        printed = build(out, "--variant", variant)
+        sig = json.loads((out / "signature.json").read_text())
+        assert sig == {**EXPECTED_SIGNATURE, "version": version}
+        model = torch.jit.load(str(out / "model.pt")).eval()
+        with torch.inference_mode():
+            pred = model(torch.from_numpy(x)).argmax(dim=1).numpy()
+        measured[variant] = float((pred == v1).mean())
+        shown = float(re.search(r"agreement with v1 .*held-out (\d+\.\d+)%", printed).group(1)) / 100
+        assert abs(shown - measured[variant]) < 1e-4, printed
+        if variant == "v2":
+            assert float((pred == y).mean()) > 0.9  # a good model, trained differently
+    assert 0.95 <= measured["v2"] < 1.0, measured  # agrees on most inputs, not all: really another model
+    assert measured["bad"] <= 0.05, measured
 
 
 def test_quickstart_runs_end_to_end(example_model_dir: Path) -> None:
