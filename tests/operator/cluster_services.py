@@ -37,6 +37,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -116,6 +117,7 @@ class ServiceProxy:
         self.state: dict[str, Any] = {"listening": [], "errors": [], "connections": {}}
         self.errors: list[str] = []  # refresh failures (the last few)
         self._child: subprocess.Popen | None = None
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # the forwarder's: a test can show it is clean
         self._stop = threading.Event()
         self._changed = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -127,7 +129,8 @@ class ServiceProxy:
         if reason:
             raise RuntimeError(reason)
         self._child = subprocess.Popen(["ip", "netns", "exec", self.netns, sys.executable, str(FORWARDER)],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                       text=True, bufsize=1)
         for target, name in ((self._read, "service-proxy-reader"), (self._refresh, "service-proxy-refresh")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -161,6 +164,12 @@ class ServiceProxy:
         self.stop()
 
     # ---- what tests ask
+
+    def stderr(self) -> str:
+        """What the forwarder wrote to stderr so far (tracebacks would land here)."""
+        self._stderr.flush()
+        self._stderr.seek(0)
+        return self._stderr.read()
 
     def connections(self, at_least: int = 0, timeout: float = 5) -> dict[str, int]:
         """Connections forwarded so far, by "clusterIP:port>endpointIP:port" (waits up to

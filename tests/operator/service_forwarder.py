@@ -49,6 +49,7 @@ class Forwarder:
         self.errors: list[str] = []
         self.connections: dict[str, int] = {}
         self._reported: dict[str, int] | None = None
+        self.open: set[asyncio.StreamWriter] = set()  # both ends of every forwarded connection
         self.seq = 0  # of the last table applied (echoed: the harness knows when a change took)
 
     def _ip(self, *argv: str) -> subprocess.CompletedProcess:
@@ -95,9 +96,10 @@ class Forwarder:
         self.report(force=True)
 
     async def _close(self, listener: Listener) -> None:
+        # new connections are refused; established ones run on (kube-proxy leaves them too), and
+        # wait_closed() is not awaited: from Python 3.12 on it would wait for them
         if listener.server is not None:
             listener.server.close()
-            await listener.server.wait_closed()
 
     async def _forward(self, listener: Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream = None
@@ -113,6 +115,7 @@ class Forwarder:
             writer.close()
             return
         up_reader, up_writer = upstream
+        self.open.update((writer, up_writer))
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
@@ -125,9 +128,14 @@ class Forwarder:
                 writer.close()
                 up_writer.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        writer.close()
-        up_writer.close()
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except asyncio.CancelledError:  # shutting down
+            pass
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+                self.open.discard(w)
 
     def report(self, force: bool = False) -> None:
         if not force and self._reported == self.connections:
@@ -142,6 +150,10 @@ class Forwarder:
         for listener in self.listeners.values():
             await self._close(listener)
         self.listeners.clear()
+        for w in list(self.open):  # the pipes see EOF and their tasks end
+            w.close()
+        self.open.clear()
+        await asyncio.sleep(0.1)
         for ip in list(self.added):
             self._remove_address(ip)
 

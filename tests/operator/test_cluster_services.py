@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -59,12 +60,18 @@ def test_service_table_maps_cluster_ips_to_ready_endpoints_by_port_name() -> Non
 # A pod that answers every GET with its own name (HOSTNAME), on its pod IP.
 WHOAMI = ("import http.server, os\n"
           "class H(http.server.BaseHTTPRequestHandler):\n"
+          "    protocol_version = 'HTTP/1.1'  # keep-alive\n"
           "    def do_GET(self):\n"
           "        body = os.environ['HOSTNAME'].encode()\n"
           "        self.send_response(200); self.send_header('Content-Length', str(len(body)))\n"
           "        self.end_headers(); self.wfile.write(body)\n"
           "    def log_message(self, *a): pass\n"
           "http.server.ThreadingHTTPServer((os.environ['POD_IP'], 8081), H).serve_forever()\n")
+# Run inside the netns: one kept-alive GET, print the answer, wait for the server to close.
+HOLD = ("import http.client, sys\n"
+        "c = http.client.HTTPConnection(sys.argv[1], 80, timeout=30)\n"
+        "c.request('GET', '/'); print(c.getresponse().read().decode(), flush=True)\n"
+        "c.sock.settimeout(30); sys.exit(0 if c.sock.recv(1) == b'' else 1)\n")
 # Run inside the netns: GET the URL n times on fresh connections, print the answers as JSON.
 CLIENT = ("import json, sys, urllib.request\n"
           "out = []\n"
@@ -162,6 +169,16 @@ def test_a_cluster_ip_answers_inside_the_pod_netns_round_robin_over_ready_endpoi
         time.sleep(2)
         counts = load.stop()
         assert counts["sent"] >= 10 and counts["codes"] == {"501": counts["sent"]}, counts
+
+        # a kept-alive connection still open when the proxy stops is closed cleanly
+        held = subprocess.Popen(["ip", "netns", "exec", "podnet", "python3", "-c", HOLD, ip], stdout=subprocess.PIPE,
+                                text=True)
+        assert held.stdout is not None and held.stdout.readline().startswith("whoami-")
+    try:
+        assert held.wait(10) == 0  # its connection was closed by the proxy stopping
+    finally:
+        held.kill()
+    assert proxy.stderr() == ""
 
     # stopped: the address is gone from the netns loopback and nothing answers again
     assert f"{ip}/32" not in in_netns(["ip", "-o", "addr", "show", "dev", "lo"]).stdout

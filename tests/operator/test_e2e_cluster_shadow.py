@@ -1,0 +1,379 @@
+"""Shadow rollouts on a real cluster (`pytest --cluster`, KUBECONFIG, root): the canary takes no
+user traffic while the stable pods mirror their requests to it through its role Service and
+compare the answers; analysis gates on the disagreement.
+
+Real pods (../shared/cluster/podlet.py) run the bundled server with three builds of the example
+model (examples/build_model.py --variant v1 | v2 | bad) "baked into the image" under
+MODELSHIP_E2E_IMAGE_ROOT; the real operator (a subprocess) pushes the canary's role Service
+ClusterIP to the stable pods (PUT /shadow) and reads their modelship_shadow_* series. The podlet
+has no kube-proxy, so cluster_services.ServiceProxy makes the namespace's ClusterIPs answer inside
+the pod netns (the mirrors go through it, as they would through kube-proxy), and the client load
+(NetnsLoad) reaches the model through the `<name>` Service's ClusterIP, as a client in the
+cluster would. The tests read pods only through the API server's pod proxy.
+
+In file order: the first version serves through its Service; a rollout to v2 (which agrees
+with v1 on most inputs) shadows, answers no client request and is promoted; a rollout to `bad`
+(which disagrees on every input) is aborted for disagreement while the stable answers every
+client, and every stable pod stops mirroring.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster_proxy import PodProxy, metrics_port
+from cluster_services import NetnsLoad, ServiceProxy, unavailable
+from modelship_operator.kube import Kube
+from test_e2e import MD, Env, free_port, install_crd
+from test_e2e_cluster import (NAME, POD_START, _deployments, _events, _md, _proxy_call, _ready_pods, _set_model,
+                              _skip_without_cluster)
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+VARIANTS = ("v1", "v2", "bad")
+INTERVAL = 4.0  # analysis.interval, seconds
+MAX_DISAGREEMENT = 0.2
+SHADOW_DURATION = 12.0  # seconds: three analysis windows
+STEPS = [{"shadow": {"percent": 100, "duration": f"{SHADOW_DURATION:g}s"}}]
+ANALYSIS = {"interval": f"{INTERVAL:g}s", "maxErrorRate": 0.05, "minRequests": 10, "failureLimit": 2,
+            "minPassedWindows": 2, "inconclusiveLimit": 50, "maxDisagreement": MAX_DISAGREEMENT}
+RPS = 8  # client requests a second through the Service, all of the test
+SERVER_PORT = 8080
+
+
+def _model_uri(variant: str) -> str:
+    return f"file:///models/digits-shadow-{variant}/model.pt"
+
+
+def _bake_variants(image_root: Path, tmp: Path) -> dict[str, Path]:
+    """Build the three variants with the real example script into the pods' image root."""
+    out = {}
+    for variant in VARIANTS:
+        build = tmp / variant
+        done = subprocess.run([sys.executable, str(ROOT / "examples" / "build_model.py"), "--variant", variant,
+                               "--out", str(build)], capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"build_model.py --variant {variant} failed:\n{done.stdout}\n{done.stderr}"
+        print(f"built {variant}: {done.stdout.strip().splitlines()[-1:] or ''}")
+        target = image_root / "models" / f"digits-shadow-{variant}"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(build, target)
+        out[variant] = target
+    return out
+
+
+def md_body(namespace: str, version: str, variant: str) -> dict:
+    return {
+        "apiVersion": "modelship.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": NAME, "namespace": namespace},
+        "spec": {"model": {"uri": _model_uri(variant), "version": version, "format": "torchscript"}, "replicas": 2,
+                 "server": {"resources": {"requests": {"cpu": "100m", "memory": "256Mi"}}},
+                 "rollout": {"steps": STEPS, "analysis": ANALYSIS, "traffic": "replicas",
+                             "readyTimeout": "120s", "maxCanaryRestarts": 3}},
+    }
+
+
+@pytest.fixture(scope="module")
+def shadow(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    kubeconfig = _skip_without_cluster(request)
+    if reason := unavailable():
+        pytest.skip(f"the mirrors need the Service proxy: {reason}")
+    root = os.environ.get("MODELSHIP_E2E_IMAGE_ROOT")
+    if not root:
+        pytest.skip("set MODELSHIP_E2E_IMAGE_ROOT to the pods' image root to bake the model variants into it")
+    tmp = tmp_path_factory.mktemp("e2e-shadow")
+    models = _bake_variants(Path(root), tmp)
+    import numpy as np  # the server's dependency; the operator suite needs it only here
+
+    rows = np.load(models["v1"] / "heldout.npz")["X"].astype(float).tolist()
+    e = Env(kubeconfig=kubeconfig, namespace=f"modelship-shadow-{uuid.uuid4().hex[:6]}", double=None,
+            log_path=tmp / "operator.log", liveness=f"http://127.0.0.1:{free_port()}/healthz")
+    e.shared.update(rows=rows, tmp=tmp)
+
+    async def setup(kube: Kube) -> None:
+        await install_crd(kube)
+        await kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": e.namespace}})
+
+    e.call(setup)
+    services = None
+    try:
+        services = e.shared["services"] = ServiceProxy(kubeconfig, e.namespace).start()
+        e.environ = dict(os.environ, MODELSHIP_NAMESPACES=e.namespace, MODELSHIP_LOG_FORMAT="json",
+                         MODELSHIP_RESYNC_SECONDS="2", MODELSHIP_SERVER_IMAGE="ghcr.io/modelship/server:e2e",
+                         MODELSHIP_LEASE_NAMESPACE=e.namespace)
+        e.start_operator()
+        e.wait_live()
+        yield e
+    finally:
+        load = e.shared.pop("load", None)
+        if load is not None:
+            print(f"client load, final counts: {load.stop()}")
+        if services is not None:
+            services.stop()
+        if e.process is not None and e.process.poll() is None:
+            e.process.terminate()
+            try:
+                e.process.wait(15)
+            except Exception:
+                e.process.kill()
+        e.call(lambda k: k.delete("v1", "Namespace", None, e.namespace))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def parse_family(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """The samples of one metric in Prometheus text format, by their label set."""
+    out = {}
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        labels: tuple[tuple[str, str], ...] = ()
+        if "{" in head:
+            body = head[head.index("{") + 1:head.rindex("}")]
+            labels = tuple(sorted((k, v.strip('"')) for k, v in (p.split("=", 1) for p in body.split(",") if p)))
+        out[labels] = float(value)
+    return out
+
+
+def _revision_total(text: str, name: str, revision: str, **match: str) -> float:
+    return sum(v for labels, v in parse_family(text, name).items()
+               if dict(labels).get("revision") == revision and all(dict(labels).get(k) == m for k, m in match.items()))
+
+
+async def _pod_view(proxy: PodProxy, env: Env, pod: dict) -> dict[str, Any]:
+    """A pod's GET /shadow and /metrics (admin port), through the API server's pod proxy."""
+    name, port = pod["metadata"]["name"], metrics_port(pod)
+    state = await proxy.get(env.namespace, name, "/shadow", port)
+    metrics = await proxy.get(env.namespace, name, "/metrics", port)
+    return {"pod": name, "ip": (pod.get("status") or {}).get("podIP"), "shadow_status": state.status_code,
+            "shadow": state.json() if state.status_code == 200 else state.text, "metrics": metrics.text}
+
+
+def _views(env: Env, revision: str) -> list[dict[str, Any]]:
+    pods = env.call(lambda k: _ready_pods(k, env, revision))
+
+    async def read(proxy: PodProxy) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(_pod_view(proxy, env, p) for p in pods)))
+    return _proxy_call(env, read)
+
+
+def _served(env: Env, version: str) -> dict[str, Any]:
+    """Until the client load through the `<name>` Service is answered by `version`."""
+    load: NetnsLoad = env.shared["load"]
+    deadline = time.monotonic() + 60
+    before = load.counts()
+    while time.monotonic() < deadline:
+        now = load.counts()
+        if now["versions"].get(version, 0) - before["versions"].get(version, 0) >= 5:
+            return now
+        time.sleep(0.5)
+    raise AssertionError(f"the Service's clients were not answered by {version}: {load.counts()}")
+
+
+def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, dict[str, int]]:
+    return {key: {k: v - before[key].get(k, 0) for k, v in after[key].items() if v - before[key].get(k, 0)}
+            for key in ("codes", "versions")}
+
+
+def _cluster_ip(env: Env, service: str) -> str | None:
+    svc = env.call(lambda k: k.get("v1", "Service", env.namespace, service)) or {}
+    return (svc.get("spec") or {}).get("clusterIP")
+
+
+def _shadowing_canary(env: Env, stable: str, what: str) -> dict:
+    """The new canary at its shadow step with its pods ready."""
+    async def at(k: Kube) -> dict | None:
+        status = (await _md(k, env)).get("status") or {}
+        canary = status.get("canary") or {}
+        ready = canary.get("hash") and canary["hash"] != stable and await _ready_pods(k, env, canary["hash"])
+        return status if ready and canary.get("shadowPercent") == 100 and not canary.get("aborted") else None
+
+    return env.eventually(at, what, timeout=POD_START)
+
+
+def _stable_mirroring(env: Env, stable: str, canary: str) -> list[dict[str, Any]]:
+    """Every stable pod configured (by the operator) to mirror 100 % to the canary's role
+    Service ClusterIP, and each with compared rows for the canary's revision label."""
+    cluster_ip = _cluster_ip(env, f"{NAME}-canary")
+    assert cluster_ip and cluster_ip != "None", f"no ClusterIP on the canary role Service: {cluster_ip!r}"
+    deadline = time.monotonic() + 60
+    views: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        views = _views(env, stable)
+        pushed = views and all(v["shadow_status"] == 200 and v["shadow"].get("percent") == 100
+                               and v["shadow"].get("url") == f"http://{cluster_ip}:{SERVER_PORT}" for v in views)
+        if pushed and all(_revision_total(v["metrics"], "modelship_shadow_rows_total", canary) > 0 for v in views):
+            return views
+        time.sleep(1)
+    raise AssertionError(f"stable pods not mirroring to http://{cluster_ip}:{SERVER_PORT} with compared rows: "
+                         f"{[(v['pod'], v['shadow']) for v in views]}\n{env.log_tail()}")
+
+
+def _wait(env: Env, fn: Any, what: str, timeout: float, every: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}\n{env.log_tail()}")
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def test_the_first_version_serves_its_clients_through_its_service(shadow: Env) -> None:
+    env = shadow
+    env.call(lambda k: k.create(md_body(env.namespace, "1.0.0", "v1")))
+
+    async def healthy(k: Kube) -> dict | None:
+        status = (await _md(k, env)).get("status") or {}
+        return status if status.get("phase") == "Healthy" else None
+
+    status = env.eventually(healthy, "the first revision Healthy", timeout=POD_START)
+    v1 = env.shared["v1"] = status["stable"]["hash"]
+    assert len(env.call(lambda k: _ready_pods(k, env, v1))) == 2
+    ip = _cluster_ip(env, NAME)
+    services: ServiceProxy = env.shared["services"]
+    services.wait_for(ip, SERVER_PORT, backends=2, timeout=60)
+    env.shared["load"] = NetnsLoad(f"http://{ip}:{SERVER_PORT}/predict", env.shared["rows"], RPS,
+                                   env.shared["tmp"]).start()
+    counts = _served(env, "1.0.0")
+    assert set(counts["codes"]) == {"200"}, counts
+    # not mirroring outside a rollout
+    assert all(v["shadow"].get("percent") == 0 for v in _views(env, v1)), _views(env, v1)
+
+
+def test_a_shadow_canary_that_agrees_takes_no_client_request_and_is_promoted(shadow: Env) -> None:
+    env = shadow
+    v1 = env.shared["v1"]
+    load: NetnsLoad = env.shared["load"]
+    services: ServiceProxy = env.shared["services"]
+    asked = time.monotonic()
+    _set_model(env, "2.0.0", _model_uri("v2"))
+    status = _shadowing_canary(env, v1, "the v2 canary Ready and shadowing 100 %")
+    v2 = env.shared["v2"] = status["canary"]["hash"]
+    assert status["stable"]["hash"] == v1 and status["canary"].get("weight", 0) == 0, status["canary"]
+    shadowing = time.monotonic()
+    clients_at_shadow = load.counts()
+
+    views = _stable_mirroring(env, v1, v2)
+    canary_pods = env.call(lambda k: _ready_pods(k, env, v2))
+    canary_ips = {p["status"]["podIP"] for p in canary_pods}
+    # the canary's request counter only counts the stable pods' mirrors: it is read first, the
+    # mirrors the stable pods answered for (compared, error, mismatch) after
+    canary_counters = _proxy_call(env, lambda proxy: asyncio.gather(
+        *(proxy.metrics(env.namespace, p) for p in canary_pods)))
+    canary_requests = sum(sum(codes.values()) for codes in canary_counters)
+    time.sleep(1)
+    views = _views(env, v1)
+    outcomes = {o: sum(_revision_total(v["metrics"], "modelship_shadow_requests_total", v2, outcome=o) for v in views)
+                for o in ("compared", "error", "mismatch", "dropped")}
+    mirrored = outcomes["compared"] + outcomes["error"] + outcomes["mismatch"]  # sent (error: no answer in time)
+    rows = sum(_revision_total(v["metrics"], "modelship_shadow_rows_total", v2) for v in views)
+    disagreements = sum(_revision_total(v["metrics"], "modelship_shadow_disagreements_total", v2) for v in views)
+    assert 0 < canary_requests <= mirrored, (canary_requests, mirrored)
+    assert rows > 0 and disagreements / rows <= MAX_DISAGREEMENT, (rows, disagreements)
+    # the mirrors went through the canary role Service's ClusterIP to the canary's pods
+    canary_ip = _cluster_ip(env, f"{NAME}-canary")
+    through = {k: n for k, n in services.connections().items() if k.startswith(f"{canary_ip}:{SERVER_PORT}>")}
+    assert through and {k.split(">")[1].split(":")[0] for k in through} <= canary_ips, through
+
+    seen: list[dict] = []
+
+    async def promoted(k: Kube) -> dict | None:
+        status = (await _md(k, env)).get("status") or {}
+        if (status.get("canary") or {}).get("hash") == v2:
+            seen.append(status["canary"])
+            if (status.get("stable") or {}).get("hash") == v1:
+                env.shared["clients_before_promotion"] = load.counts()
+        done = (status.get("stable") or {}).get("hash") == v2 and not (status.get("canary") or {}).get("hash")
+        return status if done and set(await _deployments(k, env)) == {v2} else None
+
+    status = env.eventually(promoted, "the v2 shadow canary promoted and the old stable removed", timeout=180)
+    took = time.monotonic() - shadowing
+    # every client request up to the promotion was answered by the stable: none by the canary
+    during = _delta(env.shared["clients_before_promotion"], clients_at_shadow)
+    assert during["codes"] and set(during["codes"]) == {"200"} and set(during["versions"]) == {"1.0.0"}, during
+    analyses = [c.get("analysis") or {} for c in seen]
+    compared = [a for a in analyses if a.get("compared")]
+    assert compared and all(a["disagreement"] <= MAX_DISAGREEMENT for a in compared), analyses[-3:]
+    assert any(a.get("verdict") == "Pass" for a in analyses), analyses[-3:]
+    assert took >= SHADOW_DURATION - 1, took  # the step lasted its duration
+    assert [(h["hash"], h["outcome"]) for h in status["history"]] == [(v1, "Superseded")]
+    after = _served(env, "2.0.0")
+    # the new stable does not mirror
+    assert all(v["shadow"].get("percent") == 0 for v in _views(env, v2))
+    print(f"v2 shadow canary promoted {took:.1f} s after its shadow step started ({time.monotonic() - asked:.1f} s "
+          f"after the change); stable mirrored {outcomes}, {rows:g} rows, {disagreements:g} disagreed; "
+          f"last analysis {compared[-1]}; clients during the shadow step {during}; "
+          f"clients over the promotion {_delta(after, clients_at_shadow)}")
+
+
+def test_a_shadow_canary_that_disagrees_is_aborted_and_the_stable_stops_mirroring(shadow: Env) -> None:
+    env = shadow
+    v2 = env.shared["v2"]
+    load: NetnsLoad = env.shared["load"]
+    clients_before = load.counts()
+    _set_model(env, "3.0.0", _model_uri("bad"))
+    status = _shadowing_canary(env, v2, "the bad canary Ready and shadowing 100 %")
+    v3 = status["canary"]["hash"]
+    shadowing = time.monotonic()
+
+    async def aborted(k: Kube) -> dict | None:
+        status = (await _md(k, env)).get("status") or {}
+        canary = status.get("canary") or {}
+        return status if canary.get("hash") == v3 and canary.get("aborted") else None
+
+    status = env.eventually(aborted, "the disagreeing shadow canary aborted", timeout=10 * INTERVAL + 60)
+    took = time.monotonic() - shadowing
+    canary = status["canary"]
+    analysis = canary.get("analysis") or {}
+    assert status["stable"]["hash"] == v2, status["stable"]
+    assert analysis.get("verdict") == "Fail" and analysis.get("failures", 0) >= 2, analysis
+    assert analysis.get("disagreement", 0) > MAX_DISAGREEMENT and "disagree" in analysis.get("message", "").lower(), \
+        analysis
+    # the reason is named where people look: the abort, its Warning Event
+    assert "disagree" in (canary.get("abortReason") or "").lower(), canary.get("abortReason")
+    warnings = [e for e in _events(env) if e.get("type") == "Warning" and "disagree" in e.get("message", "").lower()]
+    assert warnings, [(e["reason"], e["message"]) for e in _events(env)]
+    # failureLimit (2) windows after the canary shadowed, plus the operator's reaction
+    assert took <= 3 * INTERVAL + 20, took
+
+    # every stable pod stops mirroring; the canary goes away
+    views = _wait(env, lambda: (lambda vs: vs if vs and all(v["shadow"].get("percent") == 0 for v in vs) else None)(
+        _views(env, v2)), "every stable pod back to shadow percent 0", timeout=60)
+    assert all(v["shadow"].get("url") in (None, "") for v in views), [v["shadow"] for v in views]
+
+    async def scaled_down(k: Kube) -> bool:
+        deps = await _deployments(k, env)
+        return deps.get(v3, {}).get("spec", {}).get("replicas", 0) == 0 and deps[v2]["spec"]["replicas"] == 2
+
+    env.eventually(scaled_down, "the aborted canary at 0, the stable at 2", timeout=60)
+    time.sleep(2)
+    # the stable answered every client, before, during and after the abort; the bad model none
+    clients = _delta(load.counts(), clients_before)
+    assert clients["codes"] and set(clients["codes"]) == {"200"} and set(clients["versions"]) == {"2.0.0"}, clients
+    print(f"bad shadow canary aborted {took:.1f} s after its shadow step started (interval {INTERVAL:g} s): "
+          f"{canary.get('abortReason')}; analysis {analysis}; "
+          f"events {[(e['reason'], e['message']) for e in warnings]}; "
+          f"clients meanwhile {clients}")
+
+
+def test_operator_log_has_no_errors(shadow: Env) -> None:
+    bad = [line for line in shadow.log_lines() if line["level"] in ("error", "critical") or "exception" in line]
+    assert bad == []
