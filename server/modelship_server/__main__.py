@@ -31,7 +31,9 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str]) -> Settings:
         p.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=f"env {env_names[f.name]} (default: {f.default!r})")
     args = p.parse_args(argv)
     try:
-        return Settings.from_env(env).override({k: v for k, v in vars(args).items() if v is not None})
+        settings = Settings.from_env(env).override({k: v for k, v in vars(args).items() if v is not None})
+        settings.shadow_config  # noqa: B018 - settings that only make sense together
+        return settings
     except SettingsError as e:
         p.error(str(e))
         raise  # unreachable: p.error exits

@@ -16,6 +16,7 @@ from .errors import ServerError
 from .ids import new_request_id  # 128 random bits, never guessable
 from .protocols import Reply, dumps, plain, v1, v2
 from .service import Call, Service
+from .shadow import SHADOW_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ class ModelshipASGI:
         service = self.service
         start = time.perf_counter()
         service.inflight += 1
-        call = Call(request_id.decode())
+        call = Call(request_id.decode(), shadow=_header(scope["headers"], SHADOW_HEADER) == b"1")
         body = b""
         body_read = False
         error: str | None = None
@@ -246,7 +247,12 @@ class ModelshipASGI:
                 call.request_id, service.name, service.version, protocol, reply.status, elapsed * 1000.0,
                 call.rows, call.batch_size, client=f"{client[0]}:{client[1]}" if client else None, error=error,
                 inputs=call.inputs if audit.wants_inputs else None, body=body if audit.wants_body else None,
+                # A mirror is still audited (a header must not hide a request), marked for filtering.
+                extra={"shadow": True} if call.shadow else None,
             ))  # fmt: skip
+        # After the answer went out: maybe mirror it to the shadow canary (queued, never awaited).
+        if service.shadow.config.on and call.outputs is not None and 200 <= reply.status < 300 and not call.shadow:
+            service.shadow.offer(protocol, scope["path"], body, scope["headers"], call.outputs, call.request_id)
 
 
 async def _send_reply(send: Callable, reply: Reply, extra: list[tuple[bytes, bytes]]) -> None:

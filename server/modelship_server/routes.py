@@ -15,6 +15,7 @@ from .feedback import feedback_denied
 from .peers import FORWARDED_HEADER, answer_feedback_with_peers
 from .protocols import v2
 from .service import Service
+from .shadow import ShadowConfig, ShadowConfigError, parse_update
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,25 @@ def add_routes(app: FastAPI, service: Service) -> None:
             return JSONResponse({"error": f"drift monitoring is off ({state})"}, status_code=404)
         report = await asyncio.to_thread(monitoring.drift.compute)
         return JSONResponse({"input": monitoring.drift_input, **report.to_dict()})
+
+    # -- shadow mirroring (the operator pushes the canary here; README "Shadow comparison") --
+    @app.get("/shadow")
+    async def shadow_state() -> Response:
+        return JSONResponse(service.shadow.state())
+
+    @app.put("/shadow")
+    async def shadow_update(request: Request) -> Response:
+        try:
+            config = parse_update(await request.body())
+        except ShadowConfigError as e:
+            return JSONResponse({"error": str(e)}, status_code=e.status)
+        service.shadow.configure(config)
+        return JSONResponse(service.shadow.state())
+
+    @app.delete("/shadow")
+    async def shadow_off() -> Response:
+        service.shadow.configure(ShadowConfig())
+        return JSONResponse(service.shadow.state())
 
     # -- Prometheus -----------------------------------------------------------------------
     @app.get("/metrics")

@@ -21,6 +21,8 @@ from .monitoring import Monitoring, build_monitoring
 from .monitoring_metrics import MonitoringCollector
 from .peers import FeedbackPeers
 from .settings import Settings
+from .shadow import Shadow, ShadowCollector
+from .shadow_compare import class_outputs_of
 from .signature import Signature
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ class Call:
     rows: int = 0
     batch_size: int = 0  # rows of its forward pass (0: none ran)
     inputs: dict[str, np.ndarray] | None = None  # decoded tensors (for the audit's digest/summary)
+    outputs: dict[str, np.ndarray] | None = None  # this request's outputs (the shadow mirror compares them)
+    shadow: bool = False  # a stable pod's mirror (X-Modelship-Shadow): not stored for feedback, not mirrored
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -100,6 +104,9 @@ class Service:
             lambda: self.monitoring, lambda: (self.name, self.version),
             forwarded=(lambda: dict(self.peers.answered)) if self.peers else None,
         ))  # fmt: skip
+        self.shadow = Shadow(settings.shadow_config, max_queue=settings.shadow_max_queue, max_bytes=settings.shadow_max_bytes,
+                             timeout_s=settings.shadow_timeout_ms / 1000.0, concurrency=settings.shadow_concurrency)  # fmt: skip
+        self.metrics.registry.register(ShadowCollector(self.shadow))
 
     @property
     def ready(self) -> bool:
@@ -138,6 +145,7 @@ class Service:
         self._first_input = sig.inputs[0].name
         self._first_output = sig.outputs[0].name
         self._classifier = sig.is_classifier
+        self.shadow.class_outputs = class_outputs_of([(o.name, o.shape, o.datatype) for o in sig.outputs], sig.is_classifier)
         self._has_dynamic_row_dims = any(-1 in spec.row_shape for spec in sig.inputs)
         # Warm-up covers batch 1 and max_batch_size: a larger request runs as chunks of at
         # most max_batch_size rows, never as one unwarmed (and on a GPU, larger) forward pass.
@@ -164,6 +172,7 @@ class Service:
     def begin_shutdown(self) -> None:
         """Readiness false at once; stop admitting inference; queued work still finishes."""
         self.shutting_down = True
+        self.shadow.close()  # pending mirrors are dropped (counted), never awaited
         if self.batcher is not None:
             self.batcher.close()
 
@@ -219,8 +228,8 @@ class Service:
             raise ShuttingDown()
         result = await batcher.submit(inputs, rows)
         if call is not None:
-            call.rows, call.batch_size, call.inputs = rows, result.batch_rows, inputs
-            if self.monitoring is not None:
+            call.rows, call.batch_size, call.inputs, call.outputs = rows, result.batch_rows, inputs, result.outputs
+            if self.monitoring is not None and not call.shadow:
                 # Before the response is sent: feedback that races the response still finds it.
                 self.monitoring.record(call.request_id, result)
         return result

@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
+from .shadow import ShadowConfig, ShadowConfigError, make_config
+
 PREFIX = "MODELSHIP_"
 FORMATS = ("auto", "torchscript", "torch-export")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -82,6 +84,16 @@ class Settings:
     audit_inputs: str = "none"  # none | digest | summary | raw
     audit_mask: str = ""  # comma-separated field names whose values are written as "***"
     audit_max_bytes: int = 8 << 20  # memory budget of audit lines waiting for the writer (then dropped)
+    # -- shadow mirroring (shadow.py; README "Shadow comparison"): the startup default of what
+    # PUT /shadow sets at runtime. Send shadow_percent of the successful inference requests to
+    # shadow_url (http(s)://host[:port]) and compare; metrics are labelled shadow_revision.
+    shadow_url: str = ""
+    shadow_percent: float = 0.0
+    shadow_revision: str = ""
+    shadow_max_queue: int = 64  # mirrors waiting to be sent; then dropped and counted
+    shadow_max_bytes: int = 16 << 20  # memory of queued and in-flight mirrors (body + kept outputs)
+    shadow_timeout_ms: float = 5000.0  # per mirrored request
+    shadow_concurrency: int = 4  # mirrors in flight at once
 
     def __post_init__(self) -> None:
         checks = [
@@ -123,6 +135,19 @@ class Settings:
         for ok, message in checks:
             if not ok:
                 raise SettingsError(message)
+        checks = [
+            (self.shadow_max_queue >= 1, "shadow_max_queue must be >= 1"),
+            (self.shadow_max_bytes >= 1, "shadow_max_bytes must be >= 1"),
+            (self.shadow_timeout_ms > 0, "shadow_timeout_ms must be > 0"),
+            (self.shadow_concurrency >= 1, "shadow_concurrency must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SettingsError(message)
+        try:  # each field alone; that a percent > 0 has a url: shadow_config
+            make_config(self.shadow_url or None, self.shadow_percent, self.shadow_revision or None, require_url=False)
+        except ShadowConfigError as e:
+            raise SettingsError(f"shadow: {e}") from None
         for peer in self.feedback_peer_list:
             host, sep, port = peer.rpartition(":")
             if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
@@ -139,6 +164,14 @@ class Settings:
     @property
     def audit_mask_fields(self) -> list[str]:
         return [f.strip() for f in self.audit_mask.split(",") if f.strip()]
+
+    @property
+    def shadow_config(self) -> ShadowConfig:
+        """What to mirror at startup; SettingsError when a percent > 0 has no url."""
+        try:
+            return make_config(self.shadow_url or None, self.shadow_percent, self.shadow_revision or None)
+        except ShadowConfigError as e:
+            raise SettingsError(f"shadow: {e}") from None
 
     @property
     def feedback_peer_list(self) -> list[str]:
