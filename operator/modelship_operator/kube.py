@@ -152,6 +152,7 @@ KNOWN: dict[tuple[str, str], ResourceInfo] = {
     ("policy/v1", "PodDisruptionBudget"): ResourceInfo("poddisruptionbudgets", True),
     ("monitoring.coreos.com/v1", "ServiceMonitor"): ResourceInfo("servicemonitors", True),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): ResourceInfo("httproutes", True),
+    ("keda.sh/v1alpha1", "ScaledObject"): ResourceInfo("scaledobjects", True),
     ("modelship.dev/v1alpha1", "ModelDeployment"): ResourceInfo("modeldeployments", True),
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition"):
         ResourceInfo("customresourcedefinitions", False),

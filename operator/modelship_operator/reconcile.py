@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from . import canary_metrics, recorder
 from .analysis import Verdict, query_window
-from .kube import KubeError, PermanentError
+from .kube import KubeError, PermanentError, TemporaryError
 from .planning import (APPLIED_HASH, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, REVISION_LABEL, AnalysisResult,
                        DeploymentState, Event, Observed, Plan, PodState, analysis_due, failed_status, parse_time,
                        plan, revision_hash)
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 # (group, version, plural) of the optional CRDs whose presence changes what we render.
 SERVICE_MONITORS = ("monitoring.coreos.com", "v1", "servicemonitors")
 HTTP_ROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")
+SCALED_OBJECTS = ("keda.sh", "v1alpha1", "scaledobjects")  # KEDA
+OPTIONAL_CRDS = (SERVICE_MONITORS, HTTP_ROUTES, SCALED_OBJECTS)
 
 # Every kind of child we may create, hence may have to prune; optional ones only when served.
 CHILD_KINDS: tuple[tuple[str, str, tuple[str, str, str] | None], ...] = (
@@ -41,7 +43,12 @@ CHILD_KINDS: tuple[tuple[str, str, tuple[str, str, str] | None], ...] = (
     ("policy/v1", "PodDisruptionBudget", None),
     ("monitoring.coreos.com/v1", "ServiceMonitor", SERVICE_MONITORS),
     ("gateway.networking.k8s.io/v1", "HTTPRoute", HTTP_ROUTES),
+    ("keda.sh/v1alpha1", "ScaledObject", SCALED_OBJECTS),
 )
+# At most one of these targets the ModelDeployment's /scale: the one no longer wanted goes
+# before the other is applied (KEDA's admission webhook rejects a ScaledObject whose target
+# another HPA already scales).
+AUTOSCALER_KINDS = frozenset({"HorizontalPodAutoscaler", "ScaledObject"})
 
 
 class KubeAPI(Protocol):
@@ -118,6 +125,10 @@ def _ident(obj: Mapping[str, Any]) -> tuple[str, str]:
     return obj["kind"], obj["metadata"]["name"]
 
 
+def _deleting(obj: Mapping[str, Any]) -> bool:
+    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+
+
 async def _write_status(kube: KubeAPI, body: Mapping[str, Any], desired: Mapping[str, Any],
                         result: ReconcileResult) -> None:
     meta = body["metadata"]
@@ -153,7 +164,7 @@ async def observe(kube: KubeAPI, md: ModelDeployment, discovery: Discovery) -> t
     ownerReference, not a label a copy may keep too) and what the cluster offers."""
     selector = {INSTANCE_LABEL: md.name, MANAGED_BY_LABEL: MANAGED_BY}
     served: dict[tuple[str, str, str], bool] = {}
-    for resource in (SERVICE_MONITORS, HTTP_ROUTES):
+    for resource in OPTIONAL_CRDS:
         served[resource] = await discovery.served(kube, resource)
     children: list[dict] = []
     for api_version, kind, optional in CHILD_KINDS:
@@ -161,7 +172,8 @@ async def observe(kube: KubeAPI, md: ModelDeployment, discovery: Discovery) -> t
             children += await kube.owned(api_version, kind, md.namespace, str(md.uid), selector)
     deployments = tuple(DeploymentState.from_manifest(c) for c in children if c["kind"] == "Deployment")
     observed = Observed(deployments=deployments, httproute_served=served[HTTP_ROUTES],
-                        servicemonitor_served=served[SERVICE_MONITORS])
+                        servicemonitor_served=served[SERVICE_MONITORS],
+                        scaledobject_served=served[SCALED_OBJECTS])
     return observed, children
 
 
@@ -172,7 +184,14 @@ async def _apply_and_prune(kube: KubeAPI, md: ModelDeployment, desired_plan: Any
     desired. A child that holds everything we apply costs no write."""
     manifests = render(desired_plan)
     live = {_ident(c): c for c in live_children}
-    changed = False
+    desired = {_ident(m) for m in manifests}
+    changed = switched = False
+    for child in live_children:  # the autoscaler switched kind: the old one goes first
+        ident = _ident(child)
+        if ident[0] in AUTOSCALER_KINDS and ident not in desired and not _deleting(child):
+            await kube.delete(child["apiVersion"], child["kind"], md.namespace, ident[1])
+            result.pruned.append("/".join(ident))
+            changed = switched = True
     for manifest in manifests:
         current = live.get(_ident(manifest))
         if current is not None:
@@ -181,14 +200,22 @@ async def _apply_and_prune(kube: KubeAPI, md: ModelDeployment, desired_plan: Any
                 continue
             log.info("%s %s/%s differs from what we apply at %s: applying it again", manifest["kind"],
                      md.namespace, manifest["metadata"]["name"], where)
-        await kube.apply(manifest)
+        try:
+            await kube.apply(manifest)
+        except PermanentError as exc:
+            if switched and manifest["kind"] in AUTOSCALER_KINDS:
+                # An admission webhook may still see the autoscaler just deleted: retry, not Failed.
+                raise TemporaryError(f"{exc.message} (the previous autoscaler was just removed)",
+                                     status=exc.status, reason=exc.reason) from exc
+            raise
         result.applied.append("/".join(_ident(manifest)))
         changed = True
-    desired = {_ident(m) for m in manifests}
     for child in live_children:  # only children whose controller is this ModelDeployment
         ident = _ident(child)
         if ident in desired or (ident[0] == "Deployment" and ident[1] in desired_plan.retain):
             continue
+        if ident[0] in AUTOSCALER_KINDS or _deleting(child):
+            continue  # pruned above / already going (e.g. a ScaledObject waiting for KEDA's finalizer)
         if ident[0] == "Deployment" and ident[1] in desired_plan.retire:
             # Scaled to 0 first, deleted once its pods are gone (the plan stops naming it).
             if (child.get("spec") or {}).get("replicas", 1) != 0:

@@ -76,7 +76,8 @@ def render(plan: Plan) -> list[dict]:
     if plan.pdb:
         manifests.append(_render_template("pdb.yaml.j2", plan=plan))
     if plan.autoscaling is not None:
-        manifests.append(_render_template("hpa.yaml.j2", plan=plan))
+        template = "scaledobject.yaml.j2" if plan.autoscaling.keda is not None else "hpa.yaml.j2"
+        manifests.append(_render_template(template, plan=plan))
     if plan.service_monitor:
         manifests.append(_render_template("servicemonitor.yaml.j2", plan=plan))
     return [_stamp(m) for m in manifests]

@@ -257,7 +257,7 @@ def test_rbac_is_least_privilege_and_covers_every_child() -> None:
                 grants.setdefault((group, resource), set()).update(rule["verbs"])
     plural = {"Deployment": "deployments", "Service": "services", "HorizontalPodAutoscaler": "horizontalpodautoscalers",
               "PodDisruptionBudget": "poddisruptionbudgets", "ServiceMonitor": "servicemonitors",
-              "HTTPRoute": "httproutes"}
+              "HTTPRoute": "httproutes", "ScaledObject": "scaledobjects"}
     for api_version, kind, _ in reconcile.CHILD_KINDS:
         group = api_version.split("/")[0] if "/" in api_version else ""
         # watch caches (list, watch), server-side apply (patch; create when it creates), prune (delete)

@@ -166,6 +166,7 @@ class Observed:
     # pass, so that pass plans from the same state (and does not take the Deployment it has
     # just created for one that was there without a record).
     recorded: Mapping[str, Mapping[str, Any]] | None = None
+    scaledobject_served: bool = False  # KEDA's ScaledObject CRD served: serving-signal autoscaling may use it
 
     def pinned(self) -> Mapping[str, Mapping[str, Any]]:
         if self.recorded is not None:

@@ -116,7 +116,7 @@ def _plan(md: ModelDeployment, observed: Observed, settings: Settings, now: date
 
 
 def _base_plan(md: ModelDeployment, observed: Observed, settings: Settings, **fields: Any) -> Plan:
-    scaling = autoscaling_plan(md)
+    scaling = autoscaling_plan(md, settings, observed.scaledobject_served)
     revisions: tuple[RevisionPlan, ...] = fields.pop("revisions")
     stable = next(r for r in revisions if r.role == "stable")
     retain: tuple[str, ...] = fields["retain"]

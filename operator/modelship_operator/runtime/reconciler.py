@@ -19,7 +19,7 @@ from typing import Any
 from ..canary_metrics import AnalysisMemory
 from ..kube import Kube
 from ..planning import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL
-from ..reconcile import CHILD_KINDS, HTTP_ROUTES, SERVICE_MONITORS, Discovery, reconcile
+from ..reconcile import CHILD_KINDS, OPTIONAL_CRDS, Discovery, reconcile
 from ..settings import Settings
 from ..spec import API_VERSION, KIND
 
@@ -54,7 +54,7 @@ class Reconciler:
         if getattr(self.kube, "cache", None) is None or meta.get("deletionTimestamp") or \
                 (body.get("status") or {}).get("canary"):
             return None
-        served = {r: await self.discovery.served(self.kube, r) for r in (SERVICE_MONITORS, HTTP_ROUTES)}
+        served = {r: await self.discovery.served(self.kube, r) for r in OPTIONAL_CRDS}
         selector = {INSTANCE_LABEL: meta.get("name"), MANAGED_BY_LABEL: MANAGED_BY}
         children: list[tuple[str, str, str]] = []
         for api_version, kind, optional in CHILD_KINDS:
