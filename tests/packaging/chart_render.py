@@ -16,6 +16,7 @@ ALL_MONITORING = {
     "prometheusRule": {"enabled": True},
     "grafanaDashboard": {"enabled": True},
     "kubeStateMetrics": {"enabled": True},
+    "prometheusAdapter": {"enabled": True},
 }
 
 # The value sets CI renders, lints and validates.

@@ -170,7 +170,8 @@ def test_optional_monitoring_is_off_by_default_and_complete_when_on() -> None:
     assert {r["targetLabel"] for r in endpoint["relabelings"]} >= {"modeldeployment", "revision"}
     assert len(by_kind(docs, "PrometheusRule")) == 1
     names = {d["metadata"]["name"] for d in by_kind(docs, "ConfigMap")}
-    assert names == {"modelship-operator-dashboard", "modelship-operator-ksm-config"}
+    assert names == {"modelship-operator-dashboard", "modelship-operator-ksm-config",
+                     "modelship-operator-prometheus-adapter"}
     custom = manifests(VALUE_SETS["custom"])
     (pm,) = by_kind(custom, "PodMonitor")
     assert pm["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
