@@ -1,6 +1,7 @@
 """JSON/binary tensor data -> validated numpy arrays (numpy only, vectorised checks)."""
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -98,13 +99,20 @@ def _row_elements(spec: TensorSpec) -> int:
     return math.prod(DYNAMIC_DIM_GUESS if d == -1 else d for d in spec.row_shape)
 
 
+def _column_name_bytes(spec: TensorSpec) -> int:
+    """Bytes the column names add to a row sent by name ({"name": value, ...}): each name
+    JSON-quoted as its longest form (non-ASCII escaped as \\uXXXX), a colon and a space."""
+    return sum(len(json.dumps(c)) + 2 for c in spec.columns)
+
+
 def body_limit(sig: Signature, max_batch_rows: int) -> int:
     """Most bytes an inference request body may have: `max_batch_rows` rows of every input,
     written as JSON (the larger of JSON and binary), with generous slack. Bodies past it are
     refused (413) before any parsing."""
     rows = max_batch_rows if sig.batchable else max(1, *(s.shape[0] for s in sig.inputs))
-    # Per row and input: the elements, plus the input's name (V1 instances repeat it per row).
-    per_row = sum(_row_elements(s) * JSON_BYTES_PER_ELEMENT + len(s.name) + 16 for s in sig.inputs)
+    # Per row and input: the elements, plus the input's name (V1 instances repeat it per row),
+    # plus its column names (a row sent by name repeats them).
+    per_row = sum(_row_elements(s) * JSON_BYTES_PER_ELEMENT + len(s.name) + 16 + _column_name_bytes(s) for s in sig.inputs)
     return min(BODY_OVERHEAD_BYTES + rows * per_row, MAX_DERIVED_BODY_BYTES)
 
 

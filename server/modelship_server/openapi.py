@@ -80,12 +80,37 @@ def _row_schema(sig: Signature | None) -> dict[str, Any]:
     return {**NUMBERS, "minItems": n, "maxItems": n}
 
 
+_JSON_TYPES = {"b": "boolean", "i": "integer", "u": "integer", "f": "number"}
+
+
+def _named_row_schema(sig: Signature | None) -> dict[str, Any] | None:
+    """One row by column name ({"pixel_0_0": 0.0, ...}) when the single input's signature names its columns."""
+    if sig is None or len(sig.inputs) != 1 or not sig.inputs[0].columns:
+        return None
+    spec = sig.inputs[0]
+    value = {"type": _JSON_TYPES[spec.dtype.kind]}
+    return {
+        "type": "object",
+        "description": "One row by column name; the server puts the values in the model's order.",
+        "required": list(spec.columns),
+        "properties": {c: value for c in spec.columns},
+        "additionalProperties": False,
+    }
+
+
 def inference_paths(sig: Signature | None = None, max_batch_rows: int = 0) -> dict[str, Any]:
     row = _row_schema(sig)
-    rows = {"type": "array", "items": row, "minItems": 1, **({"maxItems": max_batch_rows} if max_batch_rows else {})}
+    bounds = {"minItems": 1, **({"maxItems": max_batch_rows} if max_batch_rows else {})}
+    rows = {"type": "array", "items": row, **bounds}
+    named = _named_row_schema(sig)
+    features, batch_features = row, rows
+    if named is not None:
+        named_rows = {"type": "array", "items": named, **bounds}
+        features = {"oneOf": [row, named, named_rows]}  # a list of named rows is answered as /predict/batch
+        batch_features = {"oneOf": [rows, named_rows]}
     return {
-        "/predict": _post("Predict one row", {"type": "object", "required": ["features"], "properties": {"features": row}}, []),
-        "/predict/batch": _post("Predict rows", {"type": "object", "required": ["batch_features"], "properties": {"batch_features": rows}}, []),
+        "/predict": _post("Predict one row", {"type": "object", "required": ["features"], "properties": {"features": features}}, []),
+        "/predict/batch": _post("Predict rows", {"type": "object", "required": ["batch_features"], "properties": {"batch_features": batch_features}}, []),
         "/v1/models/{name}:predict": _post("KServe V1 predict", {
             "type": "object", "properties": {"instances": rows, "inputs": rows}}, ["name"]),  # fmt: skip
         "/v2/models/{name}/infer": _post("Open Inference Protocol infer", V2_REQUEST, ["name"]),

@@ -6,6 +6,7 @@ shared by code that must not import torch.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ class TensorSpec:
     name: str
     datatype: str  # V2 name, e.g. "FP32"
     shape: tuple[int, ...]  # -1 marks a dynamic dimension
+    # A 2-D input's column names, in the order the model takes them: /predict then also accepts
+    # {"features": {name: value, ...}} (named_features.py). Empty: values by position only.
+    columns: tuple[str, ...] = ()
 
     @property
     def dtype(self) -> np.dtype:
@@ -50,7 +54,10 @@ class TensorSpec:
         return self.shape[1:]
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+        out: dict[str, Any] = {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+        if self.columns:
+            out["columns"] = list(self.columns)
+        return out
 
     @classmethod
     def from_json(cls, obj: Any) -> TensorSpec:
@@ -75,7 +82,27 @@ class TensorSpec:
             raise SignatureError(
                 f"tensor {name!r}: shape must be a non-empty list of positive ints or -1, got {shape!r}"
             )
-        return cls(name=name, datatype=datatype, shape=tuple(shape))
+        columns = _columns(name, tuple(shape), obj.get("columns"))
+        return cls(name=name, datatype=datatype, shape=tuple(shape), columns=columns)
+
+
+def _columns(name: str, shape: tuple[int, ...], columns: Any) -> tuple[str, ...]:
+    """Validated column names: one per entry of a 2-D tensor's fixed last dimension, unique."""
+    if columns is None:
+        return ()
+    if len(shape) != 2 or shape[1] == -1:
+        raise SignatureError(
+            f"tensor {name!r}: columns name the entries of a 2-D tensor with a fixed last dimension, "
+            f"not of shape {list(shape)}"
+        )
+    if not isinstance(columns, list) or not all(isinstance(c, str) and c for c in columns):
+        raise SignatureError(f"tensor {name!r}: columns must be a list of non-empty strings")
+    if len(columns) != shape[1]:
+        raise SignatureError(f"tensor {name!r}: {len(columns)} columns for a last dimension of {shape[1]}")
+    duplicates = sorted(c for c, n in Counter(columns).items() if n > 1)
+    if duplicates:
+        raise SignatureError(f"tensor {name!r}: duplicate column names {duplicates[:10]}")
+    return tuple(columns)
 
 
 @dataclass(frozen=True)
@@ -122,6 +149,9 @@ class Signature:
             names = [s.name for s in specs]
             if len(set(names)) != len(names):
                 raise SignatureError(f"duplicate {kind} names in signature: {names}")
+        named_outputs = [s.name for s in outputs if s.columns]
+        if named_outputs:  # nothing reads them: refuse rather than let a typo'd file pass as meaning something
+            raise SignatureError(f"columns name an input's entries; outputs {named_outputs} have columns")
         labels = obj.get("labels") or []
         if not isinstance(labels, list):
             raise SignatureError("signature labels must be a list")

@@ -22,6 +22,7 @@ SPECS = [TensorSpec("x", "FP32", (-1, 3)), TensorSpec("n", "INT64", (-1, 2)), Te
 SIG = Signature("m", (TensorSpec("input", "FP32", (-1, 4)),), (TensorSpec("out", "FP32", (-1, 2)),))
 SIG2 = Signature("m2", (TensorSpec("a", "FP32", (-1, 2)), TensorSpec("b", "INT32", (-1, -1))),
                  (TensorSpec("out", "FP32", (-1, 1)),))  # fmt: skip
+SIG_NAMED = Signature("m3", (TensorSpec("input", "FP32", (-1, 4), ("a", "b", "c", "d")),), (TensorSpec("out", "FP32", (-1, 2)),))
 MAX_ROWS = 8
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -116,7 +117,7 @@ def test_v2_decode_gives_a_valid_feed_or_400(req, tail, lie, sig) -> None:
                      st.fixed_dictionaries({"batch_features": st.one_of(nested_numbers, json_values)}),
                      st.fixed_dictionaries({}, optional={"instances": st.one_of(nested_numbers, json_values),
                                                          "inputs": st.one_of(nested_numbers, json_values)})),
-       sig=st.sampled_from([SIG, SIG2]))  # fmt: skip
+       sig=st.sampled_from([SIG, SIG2, SIG_NAMED]))  # fmt: skip
 def test_plain_and_v1_decoding_gives_a_valid_feed_or_400(req, sig) -> None:
     svc = service(sig)
     for decode in (
@@ -130,6 +131,58 @@ def test_plain_and_v1_decoding_gives_a_valid_feed_or_400(req, sig) -> None:
             assert e.message
             continue
         assert rows >= 1 and set(feed) == {s.name for s in sig.inputs}
+
+
+COLS = ("a", "b", "c", "d")
+NAMED_SPECS = [TensorSpec("input", "FP32", (-1, 4), COLS), TensorSpec("input", "INT64", (-1, 4), COLS),
+               TensorSpec("input", "BOOL", (-1, 4), COLS)]  # fmt: skip
+named_rows = st.one_of(
+    st.fixed_dictionaries({c: st.one_of(numbers, st.booleans()) for c in COLS}),  # complete: mostly decodable
+    st.dictionaries(st.one_of(st.sampled_from(COLS), st.text(max_size=5)), st.one_of(numbers, json_values), max_size=6),
+)
+JSON_TYPES = {"f": (int, float), "i": (int,), "u": (int,), "b": (bool,)}
+
+
+def named_sig(spec: TensorSpec) -> Signature:
+    return Signature("named", (spec,), (TensorSpec("out", "FP32", (-1, 2)),))
+
+
+@FAST
+@example(row={"a": True, "b": 1, "c": 2, "d": 3}, spec=NAMED_SPECS[0])  # numpy would read true as 1.0
+@example(row={"a": [1], "b": [2], "c": [3], "d": [4]}, spec=NAMED_SPECS[0])  # rectangular, one level deeper
+@example(row={"a": 1, "b": 2, "c": 3, "d": 2**64 - 1}, spec=NAMED_SPECS[1])  # out of INT64 range
+@given(row=st.one_of(named_rows, json_values), spec=st.sampled_from(NAMED_SPECS))
+def test_any_named_row_is_the_positional_row_or_400(row, spec) -> None:
+    """A row by name decodes exactly when it names every column, no other, each value a JSON
+    scalar of the input's kind that the positional form takes; then to the positional tensor."""
+    svc = service(named_sig(spec))
+    for one_row, value in ((True, row), (False, [row]), (False, [row, row])):
+        try:
+            feed, rows = plain._feed(svc, value, "features", one_row=one_row)  # type: ignore[arg-type]
+        except BadRequest as e:
+            assert e.message.startswith("features")
+            decodes = False
+        else:
+            decodes = True
+        complete = isinstance(row, dict) and set(row) == set(COLS)
+        typed = complete and all(type(row[c]) in JSON_TYPES[spec.dtype.kind] for c in COLS)
+        positional = None
+        if typed:
+            try:
+                positional = to_array([[row[c] for c in COLS]], spec, "features")
+            except BadRequest:
+                pass
+        assert decodes == (positional is not None), (row, spec)
+        if decodes:
+            n = 1 if one_row else len(value)
+            assert rows == n and feed["input"].dtype == spec.dtype
+            assert np.array_equal(feed["input"], np.repeat(positional, n, axis=0))
+
+
+def test_named_features_need_column_names() -> None:
+    svc = service(SIG)
+    with pytest.raises(BadRequest, match="signature names no columns for input 'input'"):
+        plain._feed(svc, {"a": 1.0}, "features", one_row=True)  # type: ignore[arg-type]
 
 
 def v1_feed(svc: SimpleNamespace, req: object) -> tuple[dict, int]:
@@ -158,4 +211,15 @@ def test_the_body_limit_admits_max_rows_of_full_precision_json(sig, rows) -> Non
     widest = float(np.finfo(np.float64).tiny) * -1.2345678901234567
     instance = {s.name: [widest] * (s.row_shape[-1] if s.row_shape[-1] > 0 else 512) for s in sig.inputs}
     body = json.dumps({"instances": [instance] * min(rows, 64)}, indent=2).encode()
+    assert len(body) / min(rows, 64) * rows < limit
+
+
+@given(rows=st.integers(1, 4096), names=st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=64, unique=True))
+@settings(max_examples=30, deadline=None)
+def test_the_body_limit_admits_max_rows_by_name(rows, names) -> None:
+    """Rows sent by name repeat every column name: long and non-ASCII ones, escaped, pretty-printed."""
+    spec = TensorSpec("input", "FP64", (-1, len(names)), tuple(names))
+    limit = body_limit(named_sig(spec), rows)
+    widest = float(np.finfo(np.float64).tiny) * -1.2345678901234567
+    body = json.dumps({"batch_features": [dict.fromkeys(names, widest)] * min(rows, 64)}, indent=2).encode()
     assert len(body) / min(rows, 64) * rows < limit

@@ -160,7 +160,8 @@ def test_v2_metadata_and_health(served: ServerThread) -> None:
     assert httpx.get(url + "/ready").status_code == 200
     meta = httpx.get(url + "/v2/models/digits").json()
     assert meta["name"] == "digits" and meta["versions"] == ["1.4.0"] and meta["platform"] == "pytorch_torchscript"
-    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    columns = [f"pixel_{r}_{c}" for r in range(8) for c in range(8)]  # the signature names them
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64], "columns": columns}]
     assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
     assert meta["parameters"]["labels"] == [str(i) for i in range(10)]
     assert httpx.get(url + "/v2/models/digits/versions/1.4.0").status_code == 200

@@ -1,6 +1,8 @@
 """Pure units: settings from env and flags, signatures, tensor decoding and validation."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -74,6 +76,30 @@ def test_signature_json_round_trip_and_errors() -> None:
     ):
         with pytest.raises(SignatureError):
             Signature.from_json(bad)
+
+
+def test_signature_columns_name_a_2d_input() -> None:
+    x = {"name": "x", "datatype": "FP32", "shape": [-1, 3], "columns": ["age", "income", "height"]}
+    obj = {"name": "m", "inputs": [x], "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}]}
+    sig = Signature.from_json(obj)
+    assert sig.inputs[0].columns == ("age", "income", "height") and sig.to_json() == obj
+    assert Signature.from_json({**obj, "inputs": [{**x, "shape": [2, 3]}]}).inputs[0].columns  # a fixed batch too
+    no_columns = {k: v for k, v in x.items() if k != "columns"}
+    assert Signature.from_json({**obj, "inputs": [no_columns]}).inputs[0].columns == ()
+    for bad, says in (
+        ({**x, "columns": ["age", "income"]}, "2 columns for a last dimension of 3"),
+        ({**x, "columns": ["age", "income", "age"]}, "duplicate column names ['age']"),
+        ({**x, "columns": ["age", "", "height"]}, "non-empty strings"),
+        ({**x, "columns": ["age", 7, "height"]}, "non-empty strings"),
+        ({**x, "columns": "age,income,height"}, "non-empty strings"),
+        ({**x, "shape": [-1, -1]}, "fixed last dimension"),
+        ({**x, "shape": [-1, 3, 1]}, "2-D tensor"),
+        ({**x, "shape": [3]}, "2-D tensor"),
+    ):
+        with pytest.raises(SignatureError, match=re.escape(says)):
+            Signature.from_json({**obj, "inputs": [bad]})
+    with pytest.raises(SignatureError, match="outputs \\['y'\\] have columns"):
+        Signature.from_json({**obj, "outputs": [{**obj["outputs"][0], "columns": ["a", "b"]}]})
 
 
 SPEC = TensorSpec("x", "FP32", (-1, 3))

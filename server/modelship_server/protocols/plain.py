@@ -1,4 +1,8 @@
-"""Tutorial-style endpoints: POST /predict {"features": [...]} and /predict/batch."""
+"""Tutorial-style endpoints: POST /predict {"features": [...]} and /predict/batch.
+
+When the signature names an input's columns, a row may also be an object {column: value}
+(named_features.py): /predict takes one ({"features": {...}}) or a list of them (answered as
+/predict/batch answers), /predict/batch a list of them."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,6 +11,7 @@ import numpy as np
 
 from ..codec import check_shape, to_array
 from ..errors import BadRequest
+from ..named_features import is_named, named_rows
 from ..service import Call, Result, Service
 from . import Reply, field, loads, ok
 
@@ -32,11 +37,15 @@ def _feed(service: Service, features: Any, key: str, one_row: bool) -> tuple[dic
         if spec.name not in per_input:
             raise BadRequest(f"{key} lacks input {spec.name!r}")
         what = f"{key}" if len(sig.inputs) == 1 else f"{key}[{spec.name!r}]"
-        arr = to_array(per_input[spec.name], spec, what)
-        if one_row:
-            if arr.ndim != len(spec.row_shape):  # before reshape: numpy caps dimensions at 64
-                raise BadRequest(f"{what}: shape {list(arr.shape)} is not one row of {list(spec.shape)} (-1 = any)")
-            arr = arr.reshape((1, *arr.shape))
+        values = per_input[spec.name]
+        if is_named(values):
+            arr = named_rows(values, spec, what, one_row)
+        else:
+            arr = to_array(values, spec, what)
+            if one_row:
+                if arr.ndim != len(spec.row_shape):  # before reshape: numpy caps dimensions at 64
+                    raise BadRequest(f"{what}: shape {list(arr.shape)} is not one row of {list(spec.shape)} (-1 = any)")
+                arr = arr.reshape((1, *arr.shape))
         n = check_shape(arr, spec, what)
         if rows not in (-1, n):
             raise BadRequest(f"{key}: inputs have different row counts")
@@ -68,9 +77,19 @@ def _body(service: Service, result: Result, single: bool) -> dict[str, Any]:
 async def predict(service: Service, body: bytes, call: Call | None = None) -> Reply:
     service.check_ready()
     req = loads(body)
-    feed, rows = _feed(service, field(req, "features"), "features", one_row=True)
+    features = field(req, "features")
+    # A list of named rows (one-input models): several rows, answered as /predict/batch answers.
+    rows_form = isinstance(features, list) and bool(features) and isinstance(features[0], dict) and _one_input(service)
+    if rows_form and len(features) > service.settings.max_batch_rows:
+        raise BadRequest(f"features: {len(features)} rows exceed the limit of {service.settings.max_batch_rows}")
+    feed, rows = _feed(service, features, "features", one_row=not rows_form)
     result = await service.infer(feed, rows, call)
-    return ok(_body(service, result, single=True))
+    return ok(_body(service, result, single=not rows_form))
+
+
+def _one_input(service: Service) -> bool:
+    sig = service.signature
+    return sig is not None and len(sig.inputs) == 1
 
 
 async def predict_batch(service: Service, body: bytes, call: Call | None = None) -> Reply:
