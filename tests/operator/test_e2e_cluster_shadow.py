@@ -347,10 +347,12 @@ def test_a_shadow_canary_that_disagrees_is_aborted_and_the_stable_stops_mirrorin
     assert analysis.get("verdict") == "Fail" and analysis.get("failures", 0) >= 2, analysis
     assert analysis.get("disagreement", 0) > MAX_DISAGREEMENT and "disagree" in analysis.get("message", "").lower(), \
         analysis
-    # the reason is named where people look: the abort, its Warning Event
+    # the reason is named where people look: the abort, the Progressing condition, a Warning Event
     assert "disagree" in (canary.get("abortReason") or "").lower(), canary.get("abortReason")
     warnings = [e for e in _events(env) if e.get("type") == "Warning" and "disagree" in e.get("message", "").lower()]
     assert warnings, [(e["reason"], e["message"]) for e in _events(env)]
+    progressing = next((c for c in status.get("conditions") or () if c["type"] == "Progressing"), {})
+    assert progressing.get("status") == "False" and "disagree" in progressing.get("message", "").lower(), progressing
     # failureLimit (2) windows after the canary shadowed, plus the operator's reaction
     assert took <= 3 * INTERVAL + 20, took
 
