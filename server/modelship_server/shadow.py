@@ -98,6 +98,7 @@ class ShadowConfig:
     target: Target | None = None
     percent: float = 0.0
     revision: str | None = None
+    url: str | None = None  # as given: GET /shadow answers it unchanged (the operator compares it)
 
     @property
     def on(self) -> bool:
@@ -128,7 +129,7 @@ def make_config(url: Any, percent: Any, revision: Any, require_url: bool = True)
         return ShadowConfig()
     if not url:
         raise ShadowConfigError("url is required when percent > 0")
-    return ShadowConfig(parse_target(url), float(percent), revision or None)
+    return ShadowConfig(parse_target(url), float(percent), revision or None, url)
 
 
 UPDATE_FIELDS = frozenset(("url", "percent", "revision"))
@@ -205,7 +206,7 @@ class Shadow:
     # -- configuration ----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         c = self.config
-        return {"url": c.target.url if c.target else None, "percent": c.percent, "revision": c.revision,
+        return {"url": c.url if c.target else None, "percent": c.percent, "revision": c.revision,
                 "queued": len(self._queue), "maxQueue": self.max_queue}  # fmt: skip
 
     def configure(self, config: ShadowConfig) -> None:

@@ -108,13 +108,10 @@ def canaries(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     root = tmp_path_factory.mktemp("shadow")
     near = _variant(model_dir, root / "near", shift=8.0)
     far = _variant(model_dir, root / "far", roll=1)
-    near_sock = bound_socket()
-    near_url = f"http://127.0.0.1:{near_sock.getsockname()[1]}"
     with ScriptedCanary() as scripted, \
-         ServerThread(create_app(settings_for(near, model_version="near")), near_sock) as near_srv, \
+         ServerThread(create_app(settings_for(near, model_version="near"))) as near_srv, \
          ServerThread(create_app(settings_for(far, model_version="far"))) as far_srv, \
-         ServerThread(create_app(settings_for(model_dir, max_batch_rows=64, model_version="stable", shadow_url=near_url,
-                                              shadow_percent=100, shadow_revision="boot"))) as stable:  # fmt: skip
+         ServerThread(create_app(settings_for(model_dir, max_batch_rows=64, model_version="stable"))) as stable:
         for srv in (near_srv, far_srv, stable):
             srv.wait_ready()
         yield {"near": near_srv, "far": far_srv, "stable": stable, "scripted": scripted,
@@ -207,11 +204,7 @@ def test_metrics_match_an_independent_comparison(canaries, model_dir, heldout, r
     assert served == sent
 
 
-def test_startup_default_from_settings_and_get_state(canaries) -> None:
-    stable, near = canaries["stable"], canaries["near"]
-    assert _put(stable, url=near.url, percent=100, revision="boot").status_code == 200  # as the settings had it
-    assert httpx.get(stable.url + "/shadow").json() == {"url": near.url, "percent": 100, "revision": "boot",
-                                                        "queued": 0, "maxQueue": 64}  # fmt: skip
+def test_startup_default_from_flags_and_env() -> None:
     from modelship_server.__main__ import parse_args
 
     s = parse_args(["--shadow-url", "http://10.96.0.12:8080", "--shadow-revision", "abc"], {"MODELSHIP_SHADOW_PERCENT": "20"})
@@ -220,17 +213,26 @@ def test_startup_default_from_settings_and_get_state(canaries) -> None:
         parse_args([], {"MODELSHIP_SHADOW_PERCENT": "20"})  # mirroring on needs a url
 
 
-def test_boot_config_from_settings_is_live(model_dir, canaries) -> None:
-    """A server started with MODELSHIP_SHADOW_* mirrors from its first request."""
+def test_boot_config_from_settings_is_live(model_dir, canaries, tmp_path) -> None:
+    """A server started with MODELSHIP_SHADOW_* shows it on GET /shadow and mirrors from its
+    first request; a request marked as a mirror is not mirrored again, and is audited as one."""
     scripted = canaries["scripted"]
-    scripted.answer = (200, b'{"outputs": {}}')
-    settings = settings_for(model_dir, shadow_url=scripted.url, shadow_percent=100, shadow_revision="boot-live")
+    scripted.stall, scripted.answer = False, (200, b'{"outputs": {}}')
+    audit = tmp_path / "audit.jsonl"
+    settings = settings_for(model_dir, shadow_url=scripted.url, shadow_percent=100, shadow_revision="boot-live",
+                            audit_file=str(audit))  # fmt: skip
     with ServerThread(create_app(settings)) as srv:
         srv.wait_ready()
+        assert httpx.get(srv.url + "/shadow").json() == {"url": scripted.url, "percent": 100, "revision": "boot-live",
+                                                         "queued": 0, "maxQueue": 64}  # fmt: skip
         n = len(scripted.received)
-        assert httpx.post(srv.url + "/predict", json={"features": [0.0] * 64}).status_code == 200
-        wait_for(lambda: len(scripted.received) == n + 1, 10, "the mirror")
+        assert httpx.post(srv.url + "/predict", json={"features": [0.0] * 64}, headers={"x-request-id": "u-1"}).status_code == 200
+        assert httpx.post(srv.url + "/predict", json={"features": [0.0] * 64},
+                          headers={"x-request-id": "s-1", "x-modelship-shadow": "1"}).status_code == 200  # fmt: skip
         wait_for(lambda: _outcomes(srv, "boot-live")["mismatch"] == 1, 10, "the mismatch counted")
+        assert len(scripted.received) == n + 1 and scripted.received[-1][1]["x-request-id"] == "u-1"
+    lines = {line["request_id"]: line for line in map(json.loads, audit.read_text().splitlines())}
+    assert "extra" not in lines["u-1"] and lines["s-1"]["extra"] == {"shadow": True}
 
 
 def test_mirror_is_the_same_request_marked_as_shadow(canaries, heldout, model_dir) -> None:
@@ -416,7 +418,8 @@ def test_put_shadow_malformed_and_oversized_bodies(canaries) -> None:
     big = json.dumps({"url": "http://10.0.0.1", "percent": 1, "revision": "r" * 5000}).encode()
     assert httpx.put(stable.url + "/shadow", content=big).status_code == 413
     ok = httpx.put(stable.url + "/shadow", json={"url": "https://canary.ns.svc:8443/", "percent": 12.5})
-    assert ok.json() == {"url": "https://canary.ns.svc:8443", "percent": 12.5, "revision": None, "queued": 0, "maxQueue": 64}
+    # The url is answered as given (a pusher compares it with what it would send).
+    assert ok.json() == {"url": "https://canary.ns.svc:8443/", "percent": 12.5, "revision": None, "queued": 0, "maxQueue": 64}
     assert httpx.delete(stable.url + "/shadow").json()["percent"] == 0
 
 
