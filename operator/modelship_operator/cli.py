@@ -69,7 +69,7 @@ def _load_documents(path: str, stdin: TextIO) -> list[Any]:
 
 def render_documents(
     docs: Sequence[Any], settings: Settings, *, namespace: str | None = None, servicemonitor: bool = False,
-    gateway_api: bool | None = None, notes: list[str] | None = None,
+    gateway_api: bool | None = None, notes: list[str] | None = None, keda: bool = False,
 ) -> list[dict]:
     """Every manifest the operator would apply for these ModelDeployments (nothing observed yet).
 
@@ -98,7 +98,7 @@ def render_documents(
         except SpecError as exc:
             raise CliError(f"{where} is invalid: {exc}", EXIT_INVALID) from None
         served = wants_gateway(md) if gateway_api is None else gateway_api
-        observed = Observed(servicemonitor_served=servicemonitor, httproute_served=served)
+        observed = Observed(servicemonitor_served=servicemonitor, httproute_served=served, scaledobject_served=keda)
         desired = plan(md, observed, settings, datetime.now(timezone.utc))
         if wants_gateway(md) and desired.traffic_mode != "gateway" and notes is not None:
             notes.append(f"{where}: rollout.gateway is set but rendered without the Gateway API "
@@ -113,7 +113,7 @@ def cmd_render(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, st
     docs = _load_documents(args.filename, stdin)
     notes: list[str] = []
     manifests = render_documents(docs, settings, namespace=args.namespace, servicemonitor=args.servicemonitor,
-                                 gateway_api=args.gateway_api, notes=notes)
+                                 gateway_api=args.gateway_api, notes=notes, keda=args.keda)
     for note in notes:
         args.stderr.write(f"note: {note}\n")
     if any("ownerReferences" not in m["metadata"] for m in manifests):
@@ -140,6 +140,37 @@ def _cell(value: Any, default: str = "-") -> str:
 def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def _describe_value(value: Any) -> str:
+    """`=v` exact, `^=v` prefix, `=~re` regex (a StringMatch as the spec holds it)."""
+    value = value if isinstance(value, Mapping) else {}
+    if "exact" in value:
+        return f"={value['exact']}"
+    if "prefix" in value:
+        return f"^={value['prefix']}"
+    return f"=~{value.get('regex', '?')}"
+
+
+def header_route_lines(spec: Mapping[str, Any], canary: Mapping[str, Any]) -> list[str]:
+    """The header routes that send requests to the canary now (status.canary.headerRoutes), each
+    with its conditions from the setHeaderRoute step that last set it (the spec's steps before
+    the current one): `beta: header X-User-Group=beta, cookie ab^=b`."""
+    names = [n for n in canary.get("headerRoutes") or () if isinstance(n, str)]
+    steps = [s for s in ((spec.get("rollout") or {}).get("steps")) or () if isinstance(s, Mapping)]
+    index = canary.get("step") if isinstance(canary.get("step"), int) else len(steps)
+    latest: dict[str, Any] = {}
+    for step in steps[:index]:
+        route = step.get("setHeaderRoute")
+        if isinstance(route, Mapping) and route.get("name"):
+            latest[str(route["name"])] = route.get("match") or ()
+    lines = []
+    for name in names:
+        conditions = [f"header {m['headerName']}{_describe_value(m.get('headerValue'))}" if m.get("headerName")
+                      else f"cookie {m.get('cookieName')}{_describe_value(m.get('cookieValue'))}"
+                      for m in latest.get(name, ()) if isinstance(m, Mapping)]
+        lines.append(f"{name}: {', '.join(conditions) or '(not in the current spec)'}")
+    return lines
 
 
 def format_status(obj: Mapping[str, Any]) -> str:
@@ -194,6 +225,10 @@ def format_status(obj: Mapping[str, Any]) -> str:
             lines.append(f"  Paused:    {canary['heldReason']}; promote to continue")
         elif canary.get("holdReason"):
             lines.append(f"  Holding:   {canary['holdReason']}")
+        routes = header_route_lines(spec, canary)
+        if routes:
+            lines.append("  Header routes (matching requests go to the canary):")
+            lines += [f"    {line}" for line in routes]
         if canary.get("restarts"):
             lines.append(f"  Restarts:  {canary['restarts']} canary container restart(s)")
         analysis = canary.get("analysis") or {}
@@ -494,6 +529,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--namespace", help="namespace for objects that name none (default: default)")
     p.add_argument(
         "--servicemonitor", action="store_true", help="render as if the ServiceMonitor CRD were installed"
+    )
+    p.add_argument(
+        "--keda", action="store_true",
+        help="render as if KEDA's ScaledObject CRD were installed: autoscaling.metric inflight, queue or rps then "
+        "renders a ScaledObject instead of an HPA when MODELSHIP_PROMETHEUS_URL is set",
     )
     p.add_argument(
         "--gateway-api", action=argparse.BooleanOptionalAction, default=None,

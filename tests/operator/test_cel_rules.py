@@ -227,6 +227,28 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
      setting("spec.rollout.steps.1", {"setHeaderRoute": {"name": "beta", "match": [
          {"headerName": "X Group", "headerValue": {"exact": "b"}}]}}),
      "headerName: 'X Group' does not match", "does not match"),
+    ("header-route-same-header-twice",  # the Gateway API would ignore the second: fails open
+     setting("spec.rollout.steps.1", {"setHeaderRoute": {"name": "beta", "match": [
+         {"headerName": "X-Group", "headerValue": {"exact": "b"}},
+         {"headerName": "x-group", "headerValue": {"prefix": "be"}}]}}),
+     "a header route names each header once (names are case-insensitive)", "names each header once"),
+    ("header-route-two-cookies",
+     setting("spec.rollout.steps.1", {"setHeaderRoute": {"name": "beta", "match": [
+         {"cookieName": "ab", "cookieValue": {"exact": "b"}}, {"cookieName": "cd", "cookieValue": {"exact": "d"}}]}}),
+     "a header route has at most one cookie condition", "at most one cookie condition"),
+    ("header-route-cookie-and-cookie-header",
+     setting("spec.rollout.steps.1", {"setHeaderRoute": {"name": "beta", "match": [
+         {"cookieName": "ab", "cookieValue": {"exact": "b"}}, {"headerName": "COOKIE", "headerValue": {"regex": ".+"}}]}}),
+     "a header route has at most one cookie condition", "at most one cookie condition"),
+    ("header-routes-more-than-an-httproute-holds",
+     setting("spec.rollout.steps", [{"setWeight": 10}] + [
+         {"setHeaderRoute": {"name": f"r{i}", "match": [{"headerName": "X-Group", "headerValue": {"exact": str(i)}}]}}
+         for i in range(16)]),
+     "at most 15 setHeaderRoute steps with matches", "at most 15 setHeaderRoute steps"),
+    ("header-route-prefix-too-long",
+     setting("spec.rollout.steps.1", {"setHeaderRoute": {"name": "beta", "match": [
+         {"headerName": "X-Group", "headerValue": {"prefix": "b" * 1025}}]}}),
+     "spec.rollout.steps[1].setHeaderRoute.match[0].headerValue.prefix: 'bbbb", "at most 1024 characters"),
     ("shadow-zero-percent", setting("spec.rollout.steps.1", {"shadow": {"percent": 0, "duration": "1m"}}),
      "spec.rollout.steps[1].shadow.percent: 0 is less than the minimum of 1", "must be at least 1"),
     ("shadow-zero-duration", setting("spec.rollout.steps.1", {"shadow": {"percent": 10, "duration": "0m"}}),
@@ -257,6 +279,11 @@ VALID: list[tuple[str, Mutation]] = [
         {"setHeaderRoute": {"name": "beta", "match": [{"headerName": "X-Group", "headerValue": {"regex": "^b.*"}},
                                                       {"cookieName": "ab", "cookieValue": {"prefix": "b"}}]}},
         {"setWeight": 10}, {"setHeaderRoute": {"name": "beta"}}, {"setWeight": 50}])),
+    ("header-routes-fifteen-and-removals", setting("spec.rollout.steps", [{"setWeight": 10}] + [
+        {"setHeaderRoute": {"name": f"r{i}", "match": [{"headerName": "X-Group", "headerValue": {"exact": str(i)}},
+                                                       {"headerName": "X-Other", "headerValue": {"exact": ""}},
+                                                       {"cookieName": "ab", "cookieValue": {"regex": "b|c"}}]}}
+        for i in range(15)] + [{"setHeaderRoute": {"name": f"r{i}"}} for i in range(15)])),
     ("queue-autoscaling-without-cpu", setting("spec.autoscaling", {
         "minReplicas": 1, "maxReplicas": 4, "metric": "queue", "target": 32, "targetCPUUtilization": 0})),
     ("queue-equals-batch", setting("spec.server.batching.maxQueue", 64)),

@@ -13,7 +13,7 @@ from modelship_operator.spec import ModelDeployment
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REQUIRED = {"quickstart-cpu", "gpu", "mig", "autoscaling", "pvc-model", "http-model", "canary-replicas",
-            "canary-gateway"}
+            "canary-gateway", "ab-header-route"}
 
 
 def documents() -> list[tuple[str, dict[str, Any]]]:
@@ -69,3 +69,8 @@ def test_examples_say_what_their_names_say() -> None:
     assert any(s.pause and s.pause.duration is None for s in replicas.steps)  # a manual promote
     gateway = by_name("canary-gateway").spec.rollout
     assert gateway.traffic == "gateway" and gateway.gateway is not None and gateway.gateway.parent_refs
+    ab = by_name("ab-header-route").spec.rollout
+    assert ab.traffic in ("auto", "gateway") and ab.gateway is not None and ab.gateway.parent_refs
+    routes = [s.set_header_route for s in ab.steps if s.set_header_route is not None]
+    assert any(r.match for r in routes) and any(not r.match for r in routes)  # adds and removes
+    assert {m.header_name is None for r in routes for m in r.match} == {True, False}  # a header and a cookie

@@ -428,10 +428,12 @@ class StringMatch(_Object):
              lambda m: sum(v is not None for v in (m.exact, m.prefix, m.regex)) == 1),
     )
 
-    exact: Annotated[str, OA(maxLength=4096)] | None = F("The value equals this string.", None)
-    prefix: Annotated[str, OA(minLength=1, maxLength=4096)] | None = F("The value starts with this string.", None)
+    # 1024: escaped into a RegularExpression match (prefixes, cookies) it still fits the Gateway API's 4096.
+    exact: Annotated[str, OA(maxLength=1024)] | None = F("The value equals this string.", None)
+    prefix: Annotated[str, OA(minLength=1, maxLength=1024)] | None = F("The value starts with this string.", None)
     regex: Annotated[str, OA(minLength=1, maxLength=1024)] | None = F(
-        "The value matches this regular expression (RE2 syntax, as the Gateway's RegularExpression match).", None)
+        "The whole value matches this regular expression (RE2 syntax; rendered as the Gateway's RegularExpression "
+        "header match, anchored at both ends).", None)
 
 
 @api
@@ -456,10 +458,29 @@ class HeaderRouteMatch(_Object):
     cookie_value: StringMatch | None = F("How the cookie's value matches.", None)
 
 
+def _cookie_like(m: HeaderRouteMatch) -> bool:
+    return m.cookie_name is not None or (m.header_name or "").lower() == "cookie"
+
+
 @api
 class HeaderRouteStep(_Object):
     """Send requests that match to the canary, whatever the weight (gateway traffic only). With matches it
     adds (or replaces) the named route; without, it removes it. Routes last until removed or the rollout ends."""
+
+    # The Gateway API considers only the first of several matches on one header name (case-insensitive):
+    # a second condition on it would be ignored, sending more requests to the canary than asked.
+    __rules__ = (
+        Rule("!has(self.match) || self.match.all(x, has(x.headerName) ? self.match.exists_one(y, has(y.headerName) ? "
+             "y.headerName.lowerAscii() == x.headerName.lowerAscii() : false) : true)",
+             "a header route names each header once (names are case-insensitive)",
+             lambda r: len({m.header_name.lower() for m in r.match if m.header_name is not None})
+             == sum(m.header_name is not None for m in r.match)),
+        Rule("!has(self.match) || !self.match.exists(m, has(m.cookieName)) || self.match.exists_one(m, has(m.cookieName) || "
+             "(has(m.headerName) ? m.headerName.lowerAscii() == 'cookie' : false))",
+             "a header route has at most one cookie condition and then no Cookie header condition (cookies are "
+             "matched inside the one Cookie header)",
+             lambda r: not any(m.cookie_name is not None for m in r.match) or sum(map(_cookie_like, r.match)) == 1),
+    )
 
     name: Annotated[str, OA(minLength=1, maxLength=63, pattern=NAME_PATTERN)] = F(
         "Name of the route (later steps refer to it to replace or remove it).")
@@ -581,6 +602,10 @@ def _header_routes_need_gateway(r: RolloutSpec) -> bool:
         r.traffic != "replicas" and r.gateway is not None)
 
 
+def _header_routes_fit(r: RolloutSpec) -> bool:
+    return sum(s.set_header_route is not None and len(s.set_header_route.match) > 0 for s in r.steps) <= 15
+
+
 def _shadow_limits_need_shadow(r: RolloutSpec) -> bool:
     unset = r.analysis.max_disagreement is None and r.analysis.max_mean_abs_diff is None
     return unset or any(s.shadow is not None for s in r.steps)
@@ -603,6 +628,10 @@ class RolloutSpec(_Object):
         Rule("!self.steps.exists(s, has(s.setHeaderRoute)) || (self.traffic != 'replicas' && has(self.gateway))",
              "setHeaderRoute steps need an HTTPRoute: set rollout.gateway and traffic gateway or auto, not replicas",
              _header_routes_need_gateway),
+        Rule("self.steps.filter(s, has(s.setHeaderRoute) && has(s.setHeaderRoute.match) && "
+             "size(s.setHeaderRoute.match) > 0).size() <= 15",
+             "at most 15 setHeaderRoute steps with matches: an HTTPRoute holds 16 rules and one is the weighted split",
+             _header_routes_fit),
         Rule("(!has(self.analysis.maxDisagreement) && !has(self.analysis.maxMeanAbsDiff)) || "
              "self.steps.exists(s, has(s.shadow))",
              "analysis.maxDisagreement and maxMeanAbsDiff are measured during shadow steps: add a shadow step",

@@ -228,10 +228,17 @@ def _cel_matches(text: Any, pattern: Any) -> Any:
     return celpy.celtypes.BoolType(re.search(re2_anchored(str(pattern)), str(text)) is not None)
 
 
+def _cel_lower_ascii(text: Any) -> Any:
+    """Kubernetes' CEL has the strings extension (`lowerAscii`); cel-python lacks it."""
+    import celpy
+
+    return celpy.celtypes.StringType("".join(c.lower() if c.isascii() else c for c in str(text)))
+
+
 @functools.lru_cache(maxsize=256)
 def _cel_program(rule: str) -> Any:
     env = _cel_env()
-    return env.program(env.compile(rule), functions={"matches": _cel_matches})
+    return env.program(env.compile(rule), functions={"matches": _cel_matches, "lowerAscii": _cel_lower_ascii})
 
 
 @functools.lru_cache(maxsize=1)

@@ -20,17 +20,18 @@ from ..spec import AnalysisSpec, ModelDeployment
 from .children import (METRICS_PATH, METRICS_PORT_NAME, SERVER_PORT, common_labels, owner_reference, peers_service,
                        selector_labels)
 from .events import Event, spec_warnings, transition_events
-from .health import assess, canary_health, deployment_failure
+from .health import Health, assess, canary_health, deployment_failure
 from .observed import DeploymentState, Observed
 from .pods import RevisionPlan, revision_plan, server_image
 from .recovery import canary_record, progress_changed, recover, stable_record
 from .revisions import (history_entry, previous_history, revision_hash, revision_number, revision_source,
                         shaping_spec)
-from .rollout import (ACTION_ANNOTATIONS, Outcome, Progress, advance, analysis_window, new_verdict, next_wake,
-                      requested_weight)
+from .rollout import (ACTION_ANNOTATIONS, Outcome, Progress, advance, analysis_window, describe_step, new_verdict,
+                      next_wake, requested_weight)
 from .scaling import AutoscalingPlan, autoscaling_plan, desired_replicas, wants_pdb
 from .status import assemble_status, canary_status, revision_status
-from .traffic import RoutePlan, route_plan, scale_plan, service_selector, split_replicas, traffic_mode
+from .traffic import (RoutePlan, active_header_routes, header_routes_unavailable, route_plan, scale_plan,
+                      service_selector, split_replicas, traffic_mode)
 from .values import as_int, aware, previous_status, timestamp
 
 
@@ -261,8 +262,9 @@ def _canary_plan(
     verdict = new_verdict(observed.analysis, hash_, progress)
     actions = {a: md.annotations[a] for a in ACTION_ANNOTATIONS if a in md.annotations}
     pods = None if observed.pods is None else tuple(p for p in observed.pods if p.revision == hash_)
+    no_routes = header_routes_unavailable(mode)
     outcome = advance(progress, steps, limits, actions, verdict, ready_at, aware(now), stamp,
-                      rollout=md.spec.rollout, pods=pods, ignore_actions=lost)
+                      rollout=md.spec.rollout, pods=pods, ignore_actions=lost, header_routes_unavailable=no_routes)
     progress = outcome.progress
     events.extend(outcome.events)
     weight = 0 if progress.aborted else requested_weight(steps, progress.step)
@@ -284,9 +286,15 @@ def _canary_plan(
         assert canary_state is not None
         return _promoted_plan(md, observed, settings, now, hash_, number, canary_state, history, events, outcome)
 
+    # Header routes (A/B) in force: gateway mode only, never for an aborted canary, and not at a
+    # shadow step (the canary takes no user traffic there).
+    shadowing = progress.step < len(steps) and steps[progress.step].shadow is not None
+    routes = () if progress.aborted or no_routes or shadowing else active_header_routes(steps, progress.step)
     if mode == "gateway":
-        # Stable keeps every pod: the route, not the pod count, moves traffic.
-        stable_replicas, canary_replicas = total, scale.target.canary
+        # Stable keeps every pod: the route, not the pod count, moves traffic. A header route
+        # needs a canary pod even at weight 0.
+        stable_replicas = total
+        canary_replicas = max(scale.target.canary, split_replicas(total, 1).canary if routes else 0)
         effective = scale.route_weight
     else:
         stable_replicas, canary_replicas = scale.stable_replicas, scale.canary_replicas
@@ -308,8 +316,19 @@ def _canary_plan(
     label = f"canary revision {number} ({hash_}, version {canary_rev.version})"
     failure = deployment_failure(canary_state) if canary_state else None
     health = canary_health(label, progress, failure, outcome.paused, steps, effective, weight, canary_ready, total)
+    if (no_routes and health.phase == "Paused" and not progress.held and progress.step < len(steps)
+            and steps[progress.step].set_header_route is not None):
+        # Fails closed: the step holds, never skipped; said once per hold (level-triggered on status).
+        health = Health("Paused", "HeaderRoutesUnavailable", f"{label} at {effective}%: {outcome.holding}")
+        if canary_before.get("hash") != hash_ or canary_before.get("holdReason") != outcome.holding:
+            events.append(Event("Warning", "HeaderRoutesUnavailable",
+                                f"{describe_step(steps, progress.step)} holds: {outcome.holding}"))
     canary = canary_status(canary_rev, progress, effective=effective, weight=weight, ready=canary_ready,
                            analysis=analysis, holding=outcome.holding)
+    # The header routes rendered now (derived from the steps, never read back): once a canary pod is ready.
+    rendered = routes if canary_ready > 0 else ()
+    if rendered:
+        canary["headerRoutes"] = [r.name for r in rendered]
     before = canary_before if canary_before.get("hash") == hash_ else {}
     if progress_changed(before, canary):
         canary["seq"] = as_int(before.get("seq")) + 1
@@ -334,7 +353,7 @@ def _canary_plan(
         consumed_actions=outcome.consumed,
         requeue_after=next_wake(outcome, analysis, limits, analysing, now),
         traffic_mode=mode,
-        route=route_plan(md, stable_rev, canary_rev, effective, canary_ready > 0 and not progress.aborted)
+        route=route_plan(md, stable_rev, canary_rev, effective, canary_ready > 0 and not progress.aborted, rendered)
         if mode == "gateway" else None,
         analysis=limits if analysing else None,
         records={stable_rev.name: stable_record(status["stable"]), canary_rev.name: canary_record(canary)},

@@ -36,6 +36,7 @@ from ..analysis import FAIL, INCONCLUSIVE, PASS, Verdict
 from ..spec import AnalysisSpec, ModelDeployment, RolloutSpec, RolloutStep
 from .events import Event
 from .observed import AnalysisResult, PodState
+from .traffic import active_header_routes
 from .values import as_int, aware, parse_time, previous_status, seconds_until, timestamp
 
 # Manual rollout actions: annotations on the ModelDeployment that the CLI sets. The plan
@@ -127,6 +128,8 @@ def describe_step(steps: tuple[RolloutStep, ...], step: int) -> str:
         what = f"setWeight {s.set_weight}"
     elif s.pause is not None and s.pause.duration is not None:
         what = f"pause {s.pause.duration}"
+    elif s.set_header_route is not None:
+        what = f"setHeaderRoute {s.set_header_route.name}" + ("" if s.set_header_route.match else " (remove)")
     else:
         what = "pause until promoted"
     return f"step {step + 1} of {len(steps)} ({what})"
@@ -206,6 +209,7 @@ def advance(
     rollout: RolloutSpec | None = None,
     pods: tuple[PodState, ...] | None = None,
     ignore_actions: str | None = None,
+    header_routes_unavailable: str | None = None,
 ) -> Outcome:
     """One pass of the state machine.
 
@@ -216,6 +220,9 @@ def advance(
     `pods`: the canary's pods as observed now (None: not observed, no pod checks).
     `ignore_actions`: consume the actions present without acting, saying why (the state
     that would tell whether they were acted on already was lost).
+    `header_routes_unavailable`: why setHeaderRoute steps cannot take effect (no HTTPRoute): such a
+    step then holds (fails closed) instead of being skipped; otherwise it takes effect and the
+    rollout moves on at once, and while a header route is active the canary needs a Ready pod.
     """
     events: list[Event] = []
     consumed: list[str] = []
@@ -281,6 +288,8 @@ def advance(
     ready_deadline: datetime | None = None
     if not p.aborted:
         wanted = requested_weight(steps, p.step)
+        if not wanted and header_routes_unavailable is None and active_header_routes(steps, p.step):
+            wanted = 1  # matching requests go to the canary: at least one pod must serve them
         short = wanted > 0 and not ready_at(wanted)
         since = (p.unready_since or stamp) if short else None
         p = dataclasses.replace(p, unready_since=since)
@@ -349,6 +358,10 @@ def advance(
                     wake_at, holding = end, f"pausing until {timestamp(end)}"
                 elif not evidence:
                     holding = wanting
+            elif s.set_header_route is not None:  # takes effect at once, never a wait
+                done = header_routes_unavailable is None
+                if not done:
+                    paused, holding = True, f"{header_routes_unavailable}; promote to skip this step, or abort"
             else:
                 paused, done, holding = True, False, "paused until promoted"
             if not done:

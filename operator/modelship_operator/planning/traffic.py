@@ -1,5 +1,5 @@
 """Where traffic goes: the replica split between stable and canary, the traffic mode, and in
-gateway mode the HTTPRoute and its per-role Services. Pure.
+gateway mode the HTTPRoute (weighted split, mirror, header routes) and its per-role Services. Pure.
 
 In ``replicas`` mode one Service selects the pods of every revision, so the share of traffic a
 revision gets is its share of the *ready* pods. The rollout asks for a weight; this module turns
@@ -23,10 +23,12 @@ Rounding (decided here; DESIGN.md is silent):
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..spec import ModelDeployment
+from ..api.v1alpha1 import HeaderRouteMatch, HeaderRouteStep, StringMatch
+from ..spec import ModelDeployment, RolloutStep
 from .children import REVISION_LABEL
 from .observed import Observed
 from .pods import RevisionPlan
@@ -124,14 +126,34 @@ class RouteBackend:
 
 
 @dataclass(frozen=True)
+class HeaderMatch:
+    """One Gateway API HTTPHeaderMatch: `type` Exact or RegularExpression."""
+
+    name: str
+    type: str
+    value: str
+
+
+@dataclass(frozen=True)
+class HeaderRule:
+    """An HTTPRoute rule ahead of the weighted one: requests with every header match go to `service`."""
+
+    name: str  # the setHeaderRoute step's route name
+    headers: tuple[HeaderMatch, ...]
+    service: str  # the canary's role Service
+
+
+@dataclass(frozen=True)
 class RoutePlan:
-    """Gateway mode: one HTTPRoute `<name>` with weighted backendRefs (and an optional mirror)."""
+    """Gateway mode: one HTTPRoute `<name>` with weighted backendRefs (and an optional mirror),
+    preceded by one rule per active header route."""
 
     parent_refs: tuple[Mapping, ...]
     hostnames: tuple[str, ...]
     backends: tuple[RouteBackend, ...]
     mirror_service: str | None = None  # the canary Service, when mirroring
     mirror_percent: int | None = None
+    header_rules: tuple[HeaderRule, ...] = ()
 
 
 MODES = ("replicas", "gateway")
@@ -178,7 +200,7 @@ def role_service(name: str, role: str) -> str:
 
 
 def route_plan(md: ModelDeployment, stable: RevisionPlan, canary: RevisionPlan | None,
-               canary_weight: int, mirror: bool) -> RoutePlan:
+               canary_weight: int, mirror: bool, header_routes: tuple[HeaderRouteStep, ...] = ()) -> RoutePlan:
     gateway = md.spec.rollout.gateway
     assert gateway is not None
     backends = [RouteBackend(role_service(md.name, "stable"), "stable", stable.hash, 100 - canary_weight)]
@@ -192,5 +214,89 @@ def route_plan(md: ModelDeployment, stable: RevisionPlan, canary: RevisionPlan |
         backends=tuple(backends),
         mirror_service=role_service(md.name, "canary") if mirroring else None,
         mirror_percent=percent if mirroring else None,
+        header_rules=tuple(header_rule(r, role_service(md.name, "canary")) for r in header_routes)
+        if canary is not None else (),
     )
+
+
+# --------------------------------------------------------------------------- header routes (A/B)
+#
+# A `setHeaderRoute` step adds (with matches) or removes (without) a named route that sends the
+# requests it matches to the canary, whatever the weight. Which routes are active is a pure fold
+# of the steps before the current one: nothing to store, so routes survive an operator restart
+# and a lost status alike. The plan drops them when the rollout ends (promotion, abort, cancel).
+
+# An HTTPRoute holds at most 16 rules (gateway.networking.k8s.io/v1); one is the weighted split.
+MAX_HEADER_ROUTES = 15
+COOKIE_HEADER = "Cookie"
+# Characters that are special in RE2, PCRE and POSIX ERE alike (the Gateway API leaves the regex
+# dialect of RegularExpression header matches to the implementation): escaped, nothing else.
+_REGEX_SPECIAL = re.compile(r"([\\.+*?()|\[\]{}^$])")
+
+
+def active_header_routes(steps: tuple[RolloutStep, ...], step: int) -> tuple[HeaderRouteStep, ...]:
+    """The header routes in force while working on `step`: the fold of every setHeaderRoute step
+    before it, in the order routes were first added (a replacement keeps its place)."""
+    routes: dict[str, HeaderRouteStep] = {}
+    for s in steps[:max(0, step)]:
+        r = s.set_header_route
+        if r is None:
+            continue
+        if r.match:
+            routes[r.name] = r
+        else:
+            routes.pop(r.name, None)
+    return tuple(routes.values())
+
+
+def header_routes_unavailable(mode: str) -> str | None:
+    """Why setHeaderRoute steps cannot take effect in this traffic mode (None: they can)."""
+    if mode == "gateway":
+        return None
+    return ("header routes need the HTTPRoute CRD (gateway.networking.k8s.io/v1), and this rollout splits traffic "
+            "by replicas (the CRD was not served when it started)")
+
+
+def regex_escape(text: str) -> str:
+    return _REGEX_SPECIAL.sub(r"\\\1", text)
+
+
+def _unanchored(regex: str) -> str:
+    """A user's regex for a value embedded in a larger one: its own ^ and $ anchors dropped (the
+    embedding anchors the whole value)."""
+    if regex.startswith("^"):
+        regex = regex[1:]
+    if regex.endswith("$") and not regex.endswith("\\$"):
+        regex = regex[:-1]
+    return regex
+
+
+def _value_pattern(value: StringMatch) -> str:
+    """A regex for the whole of a value (no anchors)."""
+    if value.exact is not None:
+        return regex_escape(value.exact)
+    if value.prefix is not None:
+        return regex_escape(value.prefix) + ".*"
+    return f"(?:{_unanchored(value.regex or '')})"
+
+
+def header_match(m: HeaderRouteMatch) -> HeaderMatch:
+    """One condition as a Gateway API header match. The Gateway API has no prefix type and no cookie
+    match: a prefix is the pattern `^<escaped>.*$`, a cookie a pattern on the `Cookie` header. Every
+    pattern covers the whole value, anchored at both ends, so it means the same under full-match
+    (Envoy) and search (NGINX) semantics; a user's regex matches the whole value too."""
+    if m.header_name is not None:
+        value = m.header_value
+        assert value is not None
+        if value.exact:  # an empty exact value cannot be an Exact match (minLength 1)
+            return HeaderMatch(m.header_name, "Exact", value.exact)
+        return HeaderMatch(m.header_name, "RegularExpression", f"^{_value_pattern(value)}$")
+    assert m.cookie_name is not None and m.cookie_value is not None
+    # Cookie: a=1; b=2 -- the cookie is the first pair or follows "; ", and ends at ";" or the end.
+    pattern = f"^(?:.*;\\s*)?{regex_escape(m.cookie_name)}={_value_pattern(m.cookie_value)}(?:;.*)?$"
+    return HeaderMatch(COOKIE_HEADER, "RegularExpression", pattern)
+
+
+def header_rule(route: HeaderRouteStep, service: str) -> HeaderRule:
+    return HeaderRule(route.name, tuple(header_match(m) for m in route.match), service)
 
