@@ -4,7 +4,8 @@
     python examples/quickstart.py --model-dir examples/model [--port 8080]
 
 Starts the bundled server (`python -m modelship_server`) on the model, waits until it is
-ready, sends real held-out digits through `/predict`, `/predict/batch` and the Open
+ready, sends real held-out digits (raw pixels: the model scales them itself) through
+`/predict` (by position and by column name), `/predict/batch` and the Open
 Inference Protocol (`/v2/models/{name}/infer`), prints predictions against the true labels
 and the held-out accuracy, sends the true labels back as feedback (online accuracy) and asks
 for an input-drift report (held-out inputs, then deliberately shifted ones), shows a few lines
@@ -137,6 +138,24 @@ def show_single(base: str, x: np.ndarray, y: np.ndarray, labels: list[str], n: i
         mark = "ok" if pred == labels[y[i]] else "WRONG"
         print(f"  sample {i:>3}: predicted {pred} (p={max(out['probabilities']):.3f})  true {labels[y[i]]}  "
               f"{mark}   x-model-version: {headers.get('x-model-version')}")  # fmt: skip
+
+
+def show_named(base: str, x: np.ndarray, columns: list[str]) -> None:
+    """The signature names the 64 columns: a row may be sent by name, in any order."""
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(columns))
+    by_name = {columns[j]: float(x[0, j]) for j in order}  # shuffled on purpose
+    _, named = post_ok(base, "/predict", {"features": by_name})
+    _, positional = post_ok(base, "/predict", {"features": x[0].tolist()})
+    if named["outputs"] != positional["outputs"]:
+        raise QuickstartError("/predict by name and by position disagree")
+    print(f"\n/predict by name: {{\"features\": {{\"{columns[order[0]]}\": {x[0, order[0]]:g}, ...}}}} "
+          f"(64 names, shuffled) -> {named['prediction']}, as by position")  # fmt: skip
+    del by_name[columns[5]]
+    status, _, answer = call(base, "POST", "/predict", {"features": {**by_name, "pixel_8_8": 0}})
+    if status != 400:
+        raise QuickstartError(f"/predict with a missing and an unknown name -> {status}, not 400")
+    print(f"  one name missing, one unknown -> {status}: {answer['error']}")
 
 
 def batch_accuracy(base: str, x: np.ndarray, y: np.ndarray, labels: list[str], rows: int) -> float:
@@ -287,6 +306,7 @@ def run(model_dir: Path, port: int, model_file: str) -> None:
                 took = wait_ready(base, proc, READY_TIMEOUT_S)
                 print(f"server ready on {base} after {took:.1f}s (model loaded and warmed)")
                 show_single(base, x, y, labels, n=5)
+                show_named(base, x, sig["inputs"][0]["columns"])
                 acc_batch = batch_accuracy(base, x, y, labels, rows=64)
                 print(f"\n/predict/batch, 64 digits per request: held-out accuracy {acc_batch:.4f} "
                       f"over {len(x)} samples")  # fmt: skip

@@ -182,6 +182,9 @@ def test_quickstart_runs_end_to_end(example_model_dir: Path) -> None:
     assert len(accuracies) == 2 and min(accuracies) > 0.9, out
     assert "cleanly" in out, out
     assert "modelship_" in out, out  # it printed metrics
+    # a row by column name (shuffled) answers as by position; a missing and an unknown name are named
+    assert "(64 names, shuffled)" in out and "as by position" in out, out
+    assert "-> 400: features: missing 1 field: 'pixel_0_5'; unknown 1 field: 'pixel_8_8'" in out, out
     # monitoring: feedback joined every request, drift found the one pixel it shifted
     assert re.search(r"feedback: .* (\d+) earlier requests .*: \1 matched", out), out
     assert "drift False" in out and "drifted features ['f36']" in out, out
