@@ -441,3 +441,37 @@ def test_shadow_routes_live_on_the_admin_port(model_dir) -> None:
         assert httpx.put(srv.url + "/shadow", json={"percent": 0}).status_code == 404
         assert httpx.get(srv.admin_url + "/shadow").json()["url"] is None
         assert httpx.put(srv.admin_url + "/shadow", json={"url": "http://10.0.0.1:8080", "percent": 3}).json()["percent"] == 3
+
+
+@pytest.mark.slow  # a process of its own: torch import and model load (~8 s)
+def test_sigterm_exits_at_once_while_a_canary_holds_a_mirror(model_dir) -> None:
+    """The real process and signal path: pending mirrors never delay the drain."""
+    import signal
+
+    from server_harness import free_port, start_process
+
+    with ScriptedCanary() as scripted:
+        scripted.stall = True
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = start_process((model_dir / "model.pt").as_uri(), port, "--torch-threads", "1", "--shadow-url", scripted.url,
+                             "--shadow-percent", "100", "--shadow-timeout-ms", "60000", "--shadow-concurrency", "1")  # fmt: skip
+        try:
+            def ready() -> bool:
+                try:
+                    return httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    return proc.poll() is not None
+
+            wait_for(ready, 90, "the server process to turn ready")
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            for _ in range(3):
+                assert httpx.post(url + "/predict", json={"features": [1.0] * 64}).status_code == 200
+            wait_for(lambda: len(scripted.received) == 1, 10, "the held mirror")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+            assert scripted.answered == 0  # it exited while the canary still held the mirror
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)

@@ -85,3 +85,28 @@ def test_the_byte_cap_drops_and_counts_without_keeping_anything() -> None:
     off = Shadow(make_config(None, 0, None))
     off.offer("predict", "/predict", b"x", [], {"logits": LOGITS}, "id")
     assert not off.stats and off.state()["queued"] == 0
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from modelship_server.shadow import ShadowConfig, parse_update  # noqa: E402
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+                    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+                    max_leaves=12)  # fmt: skip
+FIELD_VALUES = JSON | st.sampled_from(["http://10.0.0.1:8080", "https://a.b", "http://a:0", "ftp://a", "http://a/b"])
+UPDATES = st.dictionaries(st.sampled_from(["url", "percent", "revision", "other"]), FIELD_VALUES, max_size=4)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.one_of(UPDATES.map(lambda d: json.dumps(d).encode()), JSON.map(lambda v: json.dumps(v).encode()),
+                      st.binary(max_size=64)))  # fmt: skip
+def test_any_put_body_is_a_config_or_a_4xx(body: bytes) -> None:
+    try:
+        config = parse_update(body)
+    except ShadowConfigError as e:
+        assert e.status in (400, 413, 422) and str(e)
+        return
+    assert isinstance(config, ShadowConfig) and 0 <= config.percent <= 100
+    assert config.on == (config.target is not None)
