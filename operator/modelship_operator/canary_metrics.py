@@ -16,6 +16,10 @@ Two sources, one judgement (`analysis.judge`):
 A pod that cannot be scraped is left out of the window (and named in the verdict's reasons);
 when no canary pod could be read at all the verdict is inconclusive, never a failure: missing
 metrics are no evidence that the canary is bad, and `failureLimit` counts failures only.
+
+During a shadow step (`shadow=True`) the same scrapes of the STABLE pods also give the shadow
+comparison: their `modelship_shadow_*` series labelled with the canary's hash, as deltas per pod
+(`analysis.measure_shadow_pods`), judged with the canary's own numbers (`analysis.judge`).
 """
 from __future__ import annotations
 
@@ -48,6 +52,13 @@ def metrics_url(pod: Mapping[str, Any]) -> str | None:
     The port is the container port named `METRICS_PORT_NAME` (what the Deployment template
     declares), so a changed port in the template is followed without a setting.
     """
+    base = admin_base(pod)
+    return None if base is None else base + METRICS_PATH
+
+
+def admin_base(pod: Mapping[str, Any]) -> str | None:
+    """`http://<podIP>:<admin port>` of a running pod (where /metrics and /shadow are), None while
+    it has no IP or is going away."""
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     ip = status.get("podIP")
@@ -60,7 +71,7 @@ def metrics_url(pod: Mapping[str, Any]) -> str | None:
             port = int(named[0]["containerPort"])
             break
     host = f"[{ip}]" if ":" in ip else ip
-    return f"http://{host}:{port}{METRICS_PATH}"
+    return f"http://{host}:{port}"
 
 
 async def pod_urls(kube: PodLister, namespace: str, name: str, revision: str) -> dict[str, str]:
@@ -90,12 +101,23 @@ class AnalysisMemory:
     """Per-object scrape baselines, in process memory only (one per ModelDeployment watched)."""
 
     baselines: dict[str, Baseline] = field(default_factory=dict)  # by ModelDeployment uid
+    # Shadow steps (shadow_config.py), by uid: the revisions whose pods were told to mirror and
+    # not yet seen off, and the latest pass that turned mirroring on (a shadow_config.PushReport).
+    mirroring: dict[str, set[str]] = field(default_factory=dict)
+    last_on: dict[str, Any] = field(default_factory=dict)
 
     def has_baseline(self, uid: str, canary: str, stable: str | None) -> bool:
         b = self.baselines.get(uid)
         return b is not None and b.canary == canary and b.stable == stable
 
     def forget(self, uid: str) -> None:
+        """The ModelDeployment is gone."""
+        self.baselines.pop(uid, None)
+        self.mirroring.pop(uid, None)
+        self.last_on.pop(uid, None)
+
+    def end_window(self, uid: str) -> None:
+        """No analysis runs for `uid` now (what shadow steps left to turn off stays)."""
         self.baselines.pop(uid, None)
 
 
@@ -118,28 +140,38 @@ async def _scrape_revision(kube: PodLister, namespace: str, name: str, revision:
 
 
 async def _scrape_both(kube: PodLister, namespace: str, name: str, canary: str, stable: str | None,
-                       timeout: float) -> tuple[dict[str, a.Snapshot], list[str], dict[str, a.Snapshot]]:
+                       timeout: float) -> tuple[dict[str, a.Snapshot], list[str], dict[str, a.Snapshot], list[str]]:
     canary_pods, canary_errors = await _scrape_revision(kube, namespace, name, canary, timeout)
     stable_pods: dict[str, a.Snapshot] = {}
+    stable_errors: list[str] = []
     if stable is not None and stable != canary:
-        stable_pods, _ = await _scrape_revision(kube, namespace, name, stable, timeout)
-    return canary_pods, canary_errors, stable_pods
+        stable_pods, stable_errors = await _scrape_revision(kube, namespace, name, stable, timeout)
+    return canary_pods, canary_errors, stable_pods, stable_errors
 
 
 async def take_baseline(kube: PodLister, memory: AnalysisMemory, *, uid: str, namespace: str, name: str,
                         canary: str, stable: str | None, now: datetime,
                         timeout: float = SCRAPE_TIMEOUT_S) -> None:
     """Scrape the start of a window (the canary just took traffic, or the operator restarted)."""
-    canary_pods, _, stable_pods = await _scrape_both(kube, namespace, name, canary, stable, timeout)
+    canary_pods, _, stable_pods, _ = await _scrape_both(kube, namespace, name, canary, stable, timeout)
     memory.baselines[uid] = Baseline(canary, stable, now, canary_pods, stable_pods)
 
 
-def _unreachable_note(errors: list[str]) -> tuple[str, ...]:
+def _unreachable_note(errors: list[str], role: str = "canary") -> tuple[str, ...]:
     if not errors:
         return ()
     shown = "; ".join(errors[:MAX_REASONS])
     more = f" (and {len(errors) - MAX_REASONS} more)" if len(errors) > MAX_REASONS else ""
-    return (f"{len(errors)} canary pod(s) not scraped: {shown}{more}",)
+    return (f"{len(errors)} {role} pod(s) not scraped: {shown}{more}",)
+
+
+def _with_shadow_note(verdict: a.Verdict, note: str | None) -> a.Verdict:
+    """A shadow window in which no stable pod could be told to mirror: never a pass (the
+    comparison, if any, was not asked for by this rollout), and the verdict says why."""
+    if not note:
+        return verdict
+    result = a.FAIL if verdict.result == a.FAIL else a.INCONCLUSIVE
+    return replace(verdict, result=result, reasons=(note, *verdict.reasons))
 
 
 def _inconclusive(*reasons: str) -> a.Verdict:
@@ -148,33 +180,41 @@ def _inconclusive(*reasons: str) -> a.Verdict:
 
 async def measure_scrape(kube: PodLister, memory: AnalysisMemory, limits: a.Limits, *, uid: str,
                          namespace: str, name: str, canary: str, stable: str | None, now: datetime,
-                         timeout: float = SCRAPE_TIMEOUT_S) -> a.Verdict:
+                         timeout: float = SCRAPE_TIMEOUT_S, shadow: bool = False,
+                         shadow_note: str | None = None) -> a.Verdict:
     """Close the window: scrape again, judge the deltas since the baseline, start the next window.
 
     Without a baseline for this canary (the operator restarted meanwhile) this scrape only
-    becomes the baseline and the window is inconclusive.
+    becomes the baseline and the window is inconclusive. `shadow`: the window is a shadow
+    step's (judge the stable pods' comparison too); `shadow_note`: why no stable pod mirrors.
     """
     baseline = memory.baselines.get(uid)
     if baseline is not None and (baseline.canary != canary or baseline.stable != stable):
         baseline = None
-    canary_pods, canary_errors, stable_pods = await _scrape_both(kube, namespace, name, canary, stable, timeout)
+    canary_pods, canary_errors, stable_pods, stable_errors = await _scrape_both(
+        kube, namespace, name, canary, stable, timeout)
     memory.baselines[uid] = Baseline(canary, stable, now, canary_pods, stable_pods)
-    notes = _unreachable_note(canary_errors)
+    notes = _unreachable_note(canary_errors) + (_unreachable_note(stable_errors, "stable") if shadow else ())
     if baseline is None:
-        return _inconclusive("no baseline for this window (the operator restarted): "
-                             "this interval only took one; the next one is measured", *notes)
+        return _with_shadow_note(_inconclusive("no baseline for this window (the operator restarted): "
+                                               "this interval only took one; the next one is measured", *notes),
+                                 shadow_note if shadow else None)
     if not canary_pods:
-        return _inconclusive("no canary pod could be scraped" if canary_errors
-                             else "no running canary pod to scrape", *notes)
+        return _with_shadow_note(_inconclusive("no canary pod could be scraped" if canary_errors
+                                               else "no running canary pod to scrape", *notes),
+                                 shadow_note if shadow else None)
     measured = a.measure_pods(baseline.canary_pods, canary_pods)
     compared = a.measure_pods(baseline.stable_pods, stable_pods) if stable_pods else None
-    verdict = a.judge(measured, limits, compared)
-    return replace(verdict, reasons=verdict.reasons + notes) if notes else verdict
+    mirrored = a.measure_shadow_pods(baseline.stable_pods, stable_pods, canary) if shadow else None
+    verdict = a.judge(measured, limits, compared, mirrored)
+    verdict = replace(verdict, reasons=verdict.reasons + notes) if notes else verdict
+    return _with_shadow_note(verdict, shadow_note if shadow else None)
 
 
 async def measure_prometheus(prometheus_url: str, limits: a.Limits, *, namespace: str, name: str,
                              canary: str, stable: str | None, window_s: float, now: datetime,
-                             timeout: float = 10.0) -> a.Verdict:
+                             timeout: float = 10.0, shadow: bool = False,
+                             shadow_note: str | None = None) -> a.Verdict:
     """The PromQL path: the same judgement over the window ending `now`, read from Prometheus.
 
     An unreachable Prometheus or an odd answer is inconclusive (and logged), not a failure.
@@ -184,13 +224,18 @@ async def measure_prometheus(prometheus_url: str, limits: a.Limits, *, namespace
         answer = await query_prometheus(
             prometheus_url, a.promql_queries(namespace, name, canary, window_s), time=at, timeout=timeout)
         measured = a.measurement_from_prometheus(answer)
-        compared = None
+        compared = mirrored = None
         if stable is not None and stable != canary:
             answer = await query_prometheus(
                 prometheus_url, a.promql_queries(namespace, name, stable, window_s), time=at, timeout=timeout)
             compared = a.measurement_from_prometheus(answer)
+            if shadow:
+                answer = await query_prometheus(
+                    prometheus_url, a.shadow_promql_queries(namespace, name, stable, canary, window_s), time=at,
+                    timeout=timeout)
+                mirrored = a.shadow_from_prometheus(answer, canary)
     except (ScrapeError, a.AnalysisError) as exc:
         log.warning("analysis of %s/%s: %s", namespace, name, exc,
                     extra={"object": {"namespace": namespace, "name": name}})
-        return _inconclusive(f"metrics unavailable: {exc}")
-    return a.judge(measured, limits, compared)
+        return _with_shadow_note(_inconclusive(f"metrics unavailable: {exc}"), shadow_note if shadow else None)
+    return _with_shadow_note(a.judge(measured, limits, compared, mirrored), shadow_note if shadow else None)

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from . import canary_metrics, recorder
+from . import canary_metrics, recorder, shadow_config
 from .analysis import Verdict, query_window
 from .kube import KubeError, PermanentError, TemporaryError
 from .planning import (APPLIED_HASH, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, REVISION_LABEL, AnalysisResult,
                        DeploymentState, Event, Observed, Plan, PodState, analysis_due, failed_status, parse_time,
                        plan, revision_hash)
 from .drift import drifted
+from .planning.values import as_int
 from .render import render
 from .settings import Settings
 from .spec import API_VERSION, KIND, ModelDeployment, SpecError
@@ -101,6 +102,7 @@ class ReconcileResult:
     analysis: Verdict | None = None  # the canary analysis measured by this reconcile
     cleared: list[str] = field(default_factory=list)  # action annotations removed
     requeue_after: float | None = None  # seconds until the plan wants another look
+    shadow: list[Any] = field(default_factory=list)  # shadow_config.PushReport of each revision pushed to
 
     @property
     def wrote(self) -> bool:
@@ -243,6 +245,8 @@ async def _measure(kube: KubeAPI, md: ModelDeployment, settings: Settings, now: 
     limits = md.spec.rollout.analysis
     common = {"namespace": md.namespace, "name": md.name, "canary": str(canary["hash"]), "stable": stable,
               "now": now}
+    if as_int(canary.get("shadowPercent")) > 0:  # a shadow step's window: the stable pods' comparison too
+        common.update(shadow=True, shadow_note=shadow_config.shadow_note(memory, str(md.uid)))
     if settings.prometheus_url:
         started = parse_time((canary.get("analysis") or {}).get("lastTime"))
         window = (now - started).total_seconds() if started else limits.interval_seconds
@@ -281,7 +285,7 @@ async def _baseline(kube: KubeAPI, md: ModelDeployment, desired: Plan, settings:
     uid = str(md.uid)
     canary = desired.revision("canary")
     if desired.analysis is None or canary is None:
-        memory.forget(uid)
+        memory.end_window(uid)
         return
     if settings.prometheus_url:
         return
@@ -297,6 +301,27 @@ async def _baseline(kube: KubeAPI, md: ModelDeployment, desired: Plan, settings:
                                            canary=canary.hash, stable=stable_hash, now=now)
     except KubeError as exc:  # tried again at the next reconcile
         log.warning("analysis of %s/%s: cannot list pods for a baseline: %s", md.namespace, md.name, exc)
+
+
+# Retry soon when a stable pod could not be told to start or stop mirroring (shadow steps).
+SHADOW_RETRY_S = 10.0
+
+
+async def _shadow(kube: KubeAPI, md: ModelDeployment, desired: Plan, memory: canary_metrics.AnalysisMemory,
+                  result: ReconcileResult) -> bool:
+    """Bring the stable pods' mirror config in line with the plan (shadow_config.py): on during
+    an active shadow step, off on the revisions that may still mirror. True when every pod
+    holds its config (nothing to retry)."""
+    uid = str(md.uid)
+    mirror = desired.shadow if desired.shadow is not None and desired.shadow.active else None
+    if mirror is None and not desired.shadow_off and not memory.mirroring.get(uid):
+        memory.last_on.pop(uid, None)
+        return True
+    on = (mirror.stable, mirror.service, mirror.percent, mirror.canary) if mirror else None
+    reports = await shadow_config.sync(kube, memory, uid=uid, namespace=md.namespace, name=md.name,
+                                       on=on, off=desired.shadow_off)
+    result.shadow = reports
+    return all(r.complete for r in reports)
 
 
 async def _clear_actions(kube: KubeAPI, body: Mapping[str, Any], consumed: tuple[str, ...],
@@ -374,8 +399,11 @@ async def reconcile(body: Mapping[str, Any], kube: KubeAPI, settings: Settings, 
     await _write_status(kube, body, desired_plan.status, result)
     await _emit(kube, body, desired_plan.events, result, now)
     await _clear_actions(kube, body, desired_plan.consumed_actions, result)
+    shadow_done = await _shadow(kube, md, desired_plan, memory, result)
     await _baseline(kube, md, desired_plan, settings, now, memory)
     result.requeue_after = desired_plan.requeue_after
+    if not shadow_done:  # a stable pod not (yet) configured: look again soon
+        result.requeue_after = min(result.requeue_after or SHADOW_RETRY_S, SHADOW_RETRY_S)
     if measured is None and analysis_due(md, now) and desired_plan.analysis is not None:
         result.requeue_after = min(result.requeue_after or ANALYSIS_RETRY_S, ANALYSIS_RETRY_S)
     return result

@@ -73,6 +73,8 @@ def render(plan: Plan) -> list[dict]:
             _render_template("role-service.yaml.j2", plan=plan, backend=backend) for backend in plan.route.backends
         )
         manifests.append(_render_template("httproute.yaml.j2", plan=plan, route=plan.route))
+    elif plan.shadow is not None:  # replicas mode at a shadow step: the stable's pods mirror to this Service
+        manifests.append(_render_template("role-service.yaml.j2", plan=plan, backend=plan.shadow.backend))
     if plan.pdb:
         manifests.append(_render_template("pdb.yaml.j2", plan=plan))
     if plan.autoscaling is not None:

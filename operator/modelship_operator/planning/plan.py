@@ -17,8 +17,8 @@ from typing import Any, Mapping
 from ..analysis import series_relabelings
 from ..settings import Settings
 from ..spec import AnalysisSpec, ModelDeployment
-from .children import (METRICS_PATH, METRICS_PORT_NAME, SERVER_PORT, common_labels, owner_reference, peers_service,
-                       selector_labels)
+from .children import (METRICS_PATH, METRICS_PORT_NAME, REVISION_LABEL, SERVER_PORT, common_labels, owner_reference,
+                       peers_service, selector_labels)
 from .events import Event, spec_warnings, transition_events
 from .health import Health, assess, canary_health, deployment_failure
 from .observed import DeploymentState, Observed
@@ -27,8 +27,9 @@ from .recovery import canary_record, progress_changed, recover, stable_record
 from .revisions import (history_entry, previous_history, revision_hash, revision_number, revision_source,
                         shaping_spec)
 from .rollout import (ACTION_ANNOTATIONS, Outcome, Progress, advance, analysis_window, describe_step, new_verdict,
-                      next_wake, requested_weight)
+                      next_wake, requested_weight, shadow_percent)
 from .scaling import AutoscalingPlan, autoscaling_plan, desired_replicas, wants_pdb
+from .shadow import ShadowPlan, may_mirror, shadow_plan, shadow_replicas
 from .status import assemble_status, canary_status, revision_status
 from .traffic import (RoutePlan, active_header_routes, header_routes_unavailable, route_plan, scale_plan,
                       service_selector, split_replicas, traffic_mode)
@@ -83,6 +84,11 @@ class Plan:
     series_relabelings: tuple[tuple[str, str], ...] = ()
     # The rollout record (observed.ROLLOUT_RECORD) each revision Deployment carries, by name.
     records: Mapping[str, str] = field(default_factory=dict)
+    # Shadow steps (planning/shadow.py): the mirror of the current shadow step (reconcile pushes it
+    # to the stable's pods while it is active; replicas mode renders the canary's role Service for
+    # it), and the revisions whose pods may still mirror and must be set to percent 0.
+    shadow: ShadowPlan | None = None
+    shadow_off: tuple[str, ...] = ()
 
     def revision(self, role: str) -> RevisionPlan | None:
         return next((r for r in self.revisions if r.role == role), None)
@@ -119,6 +125,7 @@ def _plan(md: ModelDeployment, observed: Observed, settings: Settings, now: date
 def _base_plan(md: ModelDeployment, observed: Observed, settings: Settings, **fields: Any) -> Plan:
     scaling = autoscaling_plan(md, settings, observed.scaledobject_served)
     revisions: tuple[RevisionPlan, ...] = fields.pop("revisions")
+    stable_only = fields.pop("stable_only", False)  # a shadow step: clients reach the stable alone
     stable = next(r for r in revisions if r.role == "stable")
     retain: tuple[str, ...] = fields["retain"]
     rendered = {r.name for r in revisions}
@@ -140,7 +147,8 @@ def _base_plan(md: ModelDeployment, observed: Observed, settings: Settings, **fi
         # The headless Service carries the admin port: feedback peers and the ServiceMonitor use it.
         peers_service=peers_service(md.name)
         if any(r.feedback for r in revisions) or observed.servicemonitor_served else None,
-        service_selector=service_selector(selector_labels(md.name), fields.get("traffic_mode", "replicas"), stable.hash),
+        service_selector=service_selector(selector_labels(md.name), fields.get("traffic_mode", "replicas"), stable.hash)
+        if not stable_only else {**selector_labels(md.name), REVISION_LABEL: stable.hash},
         scrape_interval=f"{settings.prometheus_scrape_interval:g}s",
         series_relabelings=series_relabelings(),
         **fields,
@@ -197,6 +205,9 @@ def _single_plan(md: ModelDeployment, observed: Observed, settings: Settings, no
         traffic_mode=mode,
         route=route_plan(md, rev, None, 0, False) if mode == "gateway" else None,
         records={rev.name: stable_record(status["stable"])},
+        # A cancelled canary that shadowed: the stable's pods stop mirroring to it.
+        shadow_off=(hash_,) if canary_before.get("hash") and canary_before.get("hash") != hash_
+        and may_mirror(md.spec.rollout.steps, canary_before) else (),
     )
 
 
@@ -259,12 +270,15 @@ def _canary_plan(
     def ready_at(weight: int) -> bool:
         return canary_ready >= split_replicas(total, weight).canary
 
+    def shadow_ready(percent: int) -> bool:
+        return canary_ready >= shadow_replicas(total, percent)
+
     verdict = new_verdict(observed.analysis, hash_, progress)
     actions = {a: md.annotations[a] for a in ACTION_ANNOTATIONS if a in md.annotations}
     pods = None if observed.pods is None else tuple(p for p in observed.pods if p.revision == hash_)
     no_routes = header_routes_unavailable(mode)
     outcome = advance(progress, steps, limits, actions, verdict, ready_at, aware(now), stamp,
-                      rollout=md.spec.rollout, pods=pods, ignore_actions=lost, header_routes_unavailable=no_routes)
+                      rollout=md.spec.rollout, pods=pods, ignore_actions=lost, shadow_ready=shadow_ready, header_routes_unavailable=no_routes)
     progress = outcome.progress
     events.extend(outcome.events)
     weight = 0 if progress.aborted else requested_weight(steps, progress.step)
@@ -308,10 +322,18 @@ def _canary_plan(
         if mode == "replicas":
             ready_pods = canary_replicas + stable_ready  # the canary's share of them, rounded half up
             effective = 0 if ready_pods == 0 else (200 * canary_replicas + ready_pods) // (2 * ready_pods)
+    # A shadow step: the canary's pods are extra to the split and take no user traffic; aborted
+    # there, they never served a client and go at once (planning/shadow.py).
+    at_shadow = shadow_percent(steps, progress.step)
+    if at_shadow is not None:
+        stable_replicas, effective = total, 0
+        canary_replicas = 0 if progress.aborted else max(canary_replicas, shadow_replicas(total, at_shadow))
+    mirror = None if progress.aborted else shadow_plan(md.name, at_shadow, hash_, stable_hash, canary_ready)
     stable_rev = revision_plan(old_md, old_settings, stable_hash, stable_number, "stable", stable_replicas)
     canary_rev = revision_plan(md, settings, hash_, number, "canary", canary_replicas)
 
-    analysing = not progress.aborted and effective > 0
+    mirroring = mirror is not None and mirror.active
+    analysing = not progress.aborted and (effective > 0 or mirroring)
     analysis = analysis_window(progress, analysing, stamp)
     label = f"canary revision {number} ({hash_}, version {canary_rev.version})"
     failure = deployment_failure(canary_state) if canary_state else None
@@ -329,13 +351,16 @@ def _canary_plan(
     rendered = routes if canary_ready > 0 else ()
     if rendered:
         canary["headerRoutes"] = [r.name for r in rendered]
+    if mirror is not None and mirror.active:
+        canary["shadowPercent"] = mirror.percent
     before = canary_before if canary_before.get("hash") == hash_ else {}
     if progress_changed(before, canary):
         canary["seq"] = as_int(before.get("seq")) + 1
 
     states = [s for s in (stable_state, canary_state) if s is not None]
     # /scale (what the HPA divides by): in gateway mode the canary's pods are extra to spec.replicas.
-    scaled = states if mode == "replicas" else [s for s in (stable_state,) if s is not None]
+    # So are they at a shadow step, in both modes.
+    scaled = states if mode == "replicas" and at_shadow is None else [s for s in (stable_state,) if s is not None]
     status = assemble_status(
         md, settings, stamp, health=health, available=sum(s.available_replicas for s in states), wanted=total,
         stable=revision_status(stable_rev, stable_state, stable_before.get("spec") or {}),
@@ -357,6 +382,9 @@ def _canary_plan(
         if mode == "gateway" else None,
         analysis=limits if analysing else None,
         records={stable_rev.name: stable_record(status["stable"]), canary_rev.name: canary_record(canary)},
+        shadow=mirror,
+        shadow_off=(stable_hash,) if not mirroring and may_mirror(steps, canary_before) else (),
+        stable_only=at_shadow is not None,
     )
 
 
@@ -403,4 +431,7 @@ def _promoted_plan(
         traffic_mode=mode,
         route=route_plan(md, rev, None, 0, False) if mode == "gateway" else None,
         records={rev.name: stable_record(status["stable"])},
+        # The old stable's pods stop mirroring (they are retired now, but serve until they go).
+        shadow_off=(str(stable_before.get("hash")),)
+        if stable_before.get("hash") and may_mirror(md.spec.rollout.steps, previous.get("canary") or {}) else (),
     )

@@ -113,9 +113,12 @@ class Outcome:
 
 def requested_weight(steps: tuple[RolloutStep, ...], step: int) -> int:
     """The weight the canary should carry while working on `step`: the last setWeight at or
-    before it (0 before any), 100 once every step is done."""
+    before it (0 before any), 100 once every step is done; 0 at a shadow step (the canary takes
+    no user traffic then: the stable's pods copy requests to it, see shadow_percent)."""
     if step >= len(steps):
         return 100
+    if steps[step].shadow is not None:
+        return 0
     weights = [s.set_weight for s in steps[: step + 1] if s.set_weight is not None]
     return weights[-1] if weights else 0
 
@@ -128,6 +131,8 @@ def describe_step(steps: tuple[RolloutStep, ...], step: int) -> str:
         what = f"setWeight {s.set_weight}"
     elif s.pause is not None and s.pause.duration is not None:
         what = f"pause {s.pause.duration}"
+    elif s.shadow is not None:
+        what = f"shadow {s.shadow.percent}% for {s.shadow.duration}"
     elif s.set_header_route is not None:
         what = f"setHeaderRoute {s.set_header_route.name}" + ("" if s.set_header_route.match else " (remove)")
     else:
@@ -136,6 +141,7 @@ def describe_step(steps: tuple[RolloutStep, ...], step: int) -> str:
 
 
 STEP_TALLIES = ("stepPassed", "stepFailed", "stepInconclusive", "inconclusiveStreak")
+SHADOW_RESULTS = ("compared", "disagreement", "meanAbsDiff")
 
 
 def count_verdict(analysis: Mapping[str, Any], verdict: Verdict, stamp: str, restarts: int = 0) -> dict[str, Any]:
@@ -149,7 +155,9 @@ def count_verdict(analysis: Mapping[str, Any], verdict: Verdict, stamp: str, res
         "stepInconclusive": as_int(analysis.get("stepInconclusive")) + (result == INCONCLUSIVE),
         "inconclusiveStreak": as_int(analysis.get("inconclusiveStreak")) + 1 if result == INCONCLUSIVE else 0,
     }
-    return {"lastTime": stamp, **verdict.to_status(), **tallies, "restartsAtStart": restarts}
+    # The latest shadow comparison stays reported through later (non-shadow) windows.
+    shadow = {k: analysis[k] for k in SHADOW_RESULTS if k in analysis}
+    return {"lastTime": stamp, **shadow, **verdict.to_status(), **tallies, "restartsAtStart": restarts}
 
 
 def new_step_window(analysis: Mapping[str, Any], stamp: str, restarts: int) -> dict[str, Any]:
@@ -161,8 +169,16 @@ def new_step_window(analysis: Mapping[str, Any], stamp: str, restarts: int) -> d
 
 
 def needs_evidence(steps: tuple[RolloutStep, ...], step: int) -> bool:
-    """Steps at which the canary carries traffic advance only on passing windows."""
-    return step < len(steps) and requested_weight(steps, step) > 0
+    """Steps at which the canary carries traffic (a weight, or mirrored requests at a shadow
+    step) advance only on passing windows."""
+    return step < len(steps) and (requested_weight(steps, step) > 0 or steps[step].shadow is not None)
+
+
+def shadow_percent(steps: tuple[RolloutStep, ...], step: int) -> int | None:
+    """The share of the stable's requests copied to the canary at `step` (None: not a shadow step)."""
+    if step >= len(steps) or steps[step].shadow is None:
+        return None
+    return steps[step].shadow.percent
 
 
 def step_tallies(analysis: Mapping[str, Any]) -> str:
@@ -209,6 +225,7 @@ def advance(
     rollout: RolloutSpec | None = None,
     pods: tuple[PodState, ...] | None = None,
     ignore_actions: str | None = None,
+    shadow_ready: Callable[[int], bool] | None = None,
     header_routes_unavailable: str | None = None,
 ) -> Outcome:
     """One pass of the state machine.
@@ -220,6 +237,8 @@ def advance(
     `pods`: the canary's pods as observed now (None: not observed, no pod checks).
     `ignore_actions`: consume the actions present without acting, saying why (the state
     that would tell whether they were acted on already was lost).
+    `shadow_ready(percent)`: whether the canary pods are ready to shadow `percent` (a shadow
+    step's pods are extra to the split); ready_at(percent) when not given.
     `header_routes_unavailable`: why setHeaderRoute steps cannot take effect (no HTTPRoute): such a
     step then holds (fails closed) instead of being skipped; otherwise it takes effect and the
     rollout moves on at once, and while a header route is active the canary needs a Ready pod.
@@ -291,6 +310,8 @@ def advance(
         if not wanted and header_routes_unavailable is None and active_header_routes(steps, p.step):
             wanted = 1  # matching requests go to the canary: at least one pod must serve them
         short = wanted > 0 and not ready_at(wanted)
+        if shadow_percent(steps, p.step) is not None:  # a shadow step needs its shadow pods ready
+            short = not (shadow_ready or ready_at)(shadow_percent(steps, p.step) or 0)
         since = (p.unready_since or stamp) if short else None
         p = dataclasses.replace(p, unready_since=since)
         started = parse_time(since)
@@ -362,6 +383,18 @@ def advance(
                 done = header_routes_unavailable is None
                 if not done:
                     paused, holding = True, f"{header_routes_unavailable}; promote to skip this step, or abort"
+            elif s.shadow is not None:  # its duration, its pods ready and its passing windows
+                started = parse_time(p.step_started_at) or now
+                end = started + timedelta(seconds=s.shadow.seconds)
+                ready = (shadow_ready or ready_at)(s.shadow.percent)
+                done = ready and now >= end and evidence
+                if not ready:
+                    holding = f"waiting for the canary pods to be ready to shadow {s.shadow.percent}%"
+                elif now < end:
+                    wake_at, holding = end, f"shadowing {s.shadow.percent}% until {timestamp(end)}"
+                elif not evidence:
+                    holding = (f"waiting for {limits.min_passed_windows} passing analysis window(s) while "
+                               f"shadowing {s.shadow.percent}% ({step_tallies(p.analysis)})")
             else:
                 paused, done, holding = True, False, "paused until promoted"
             if not done:
@@ -390,7 +423,8 @@ def next_analysis_at(md: ModelDeployment) -> datetime | None:
     `status.canary.analysis.lastTime` with no verdict) and restarts at each counted result.
     """
     canary = previous_status(md).get("canary") or {}
-    if not canary.get("hash") or canary.get("aborted") or as_int(canary.get("weight")) <= 0:
+    if not canary.get("hash") or canary.get("aborted") or (
+            as_int(canary.get("weight")) <= 0 and as_int(canary.get("shadowPercent")) <= 0):
         return None
     start = parse_time((canary.get("analysis") or {}).get("lastTime"))
     if start is None:
@@ -401,7 +435,8 @@ def next_analysis_at(md: ModelDeployment) -> datetime | None:
 def analysis_due(md: ModelDeployment, now: datetime) -> bool:
     """True when reconcile should measure the canary (`status.canary.hash`) and pass the
     result to the plan as `Observed.analysis`: a window of `analysis.interval` has passed
-    since `status.canary.analysis.lastTime` while the canary takes traffic and is not aborted."""
+    since `status.canary.analysis.lastTime` while the canary takes traffic (a weight, or
+    `shadowPercent` of the stable's requests) and is not aborted."""
     due = next_analysis_at(md)
     return due is not None and aware(now) >= due
 
