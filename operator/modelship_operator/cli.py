@@ -229,6 +229,8 @@ def format_status(obj: Mapping[str, Any]) -> str:
         if routes:
             lines.append("  Header routes (matching requests go to the canary):")
             lines += [f"    {line}" for line in routes]
+        if canary.get("shadowPercent"):  # a shadow step: no user traffic, the stable's pods mirror
+            lines.append(f"  Shadow:    the stable pods copy {canary['shadowPercent']}% of their requests to the canary")
         if canary.get("restarts"):
             lines.append(f"  Restarts:  {canary['restarts']} canary container restart(s)")
         analysis = canary.get("analysis") or {}

@@ -13,7 +13,7 @@ from modelship_operator.spec import ModelDeployment
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REQUIRED = {"quickstart-cpu", "gpu", "mig", "autoscaling", "pvc-model", "http-model", "canary-replicas",
-            "canary-gateway", "ab-header-route"}
+            "canary-gateway", "ab-header-route", "shadow"}
 
 
 def documents() -> list[tuple[str, dict[str, Any]]]:
@@ -74,3 +74,8 @@ def test_examples_say_what_their_names_say() -> None:
     routes = [s.set_header_route for s in ab.steps if s.set_header_route is not None]
     assert any(r.match for r in routes) and any(not r.match for r in routes)  # adds and removes
     assert {m.header_name is None for r in routes for m in r.match} == {True, False}  # a header and a cookie
+    shadow = by_name("shadow").spec.rollout
+    first = shadow.steps[0].shadow
+    assert first is not None and 0 < first.percent < 100 and first.seconds > 0  # shadows before any traffic
+    assert any(s.set_weight for s in shadow.steps[1:])  # then real traffic
+    assert shadow.analysis.max_disagreement is not None and shadow.analysis.max_mean_abs_diff is not None

@@ -206,3 +206,13 @@ def test_a_rollout_without_shadow_steps_pushes_nothing() -> None:
     start_canary(w)
     assert w.last is not None and w.last.shadow is None and w.last.shadow_off == ()
     assert "shadowPercent" not in w.status["canary"]
+
+
+def test_kubectl_modelship_status_shows_the_shadow() -> None:
+    from modelship_operator.cli import format_status
+
+    w = deployed_shadow()
+    start_canary(w)
+    text = format_status({"metadata": {"name": "fraud", "namespace": "ml"}, "spec": w.spec, "status": w.status})
+    assert "Shadow:    the stable pods copy 20% of their requests to the canary" in text
+    assert "weight 0%" in text
