@@ -505,3 +505,23 @@ def test_the_rollout_splits_the_total_the_scaledobject_writes_through_scale() ->
     all_ready()
     assert replicas() == {"stable": 3, "canary": 1}
     assert _autoscalers(cluster) == [("ScaledObject", name)]
+
+
+def test_kubectl_modelship_render_shows_either_autoscaler() -> None:
+    """`render --keda` with the operator's Prometheus setting prints the ScaledObject; without
+    either, the HPA the operator applies on a cluster without KEDA."""
+    import io
+
+    from modelship_operator.cli import main
+
+    def rendered(argv: list[str], env: dict[str, str]) -> list[str]:
+        out, err = io.StringIO(), io.StringIO()
+        path = Path(__file__).resolve().parents[2] / "examples" / "autoscaling-serving.yaml"
+        assert main(["render", "-f", str(path), *argv], env=env, stdout=out, stderr=err, stdin=io.StringIO()) == 0
+        return [d["kind"] for d in yaml.safe_load_all(out.getvalue()) if d]
+
+    with_url = {"MODELSHIP_PROMETHEUS_URL": PROMETHEUS}
+    assert "ScaledObject" in rendered(["--keda"], with_url)
+    for argv, env in (([], with_url), (["--keda"], {})):
+        kinds = rendered(argv, env)
+        assert "HorizontalPodAutoscaler" in kinds and "ScaledObject" not in kinds
