@@ -525,3 +525,57 @@ def test_kubectl_modelship_render_shows_either_autoscaler() -> None:
     for argv, env in (([], with_url), (["--keda"], {})):
         kinds = rendered(argv, env)
         assert "HorizontalPodAutoscaler" in kinds and "ScaledObject" not in kinds
+
+
+def test_a_settled_object_is_reconciled_again_once_keda_is_installed(apiserver) -> None:
+    """The runtime skips settled objects while nothing they read changes; whether KEDA's CRD is
+    served is one of those inputs, so installing KEDA swaps the HPA for a ScaledObject at the
+    next resync without any change to the object or its children."""
+    from kube_double import deployment_status
+    from modelship_operator import caches
+    from modelship_operator.kube import Connection, Kube
+    from modelship_operator.runtime.reconciler import Reconciler
+
+    root = Path(__file__).resolve().parents[2]
+    double, store = apiserver, apiserver.store
+    double.call(lambda: store.create(store.type_for("v1", "Namespace"), None, {"metadata": {"name": NS}}))
+    double.call(lambda: store.create(store.type_for("apiextensions.k8s.io/v1", "CustomResourceDefinition"), None,
+                                     yaml.safe_load((root / "crds" / "modeldeployments.modelship.dev.yaml").read_text())))
+    md = yaml.safe_load((root / "examples" / "autoscaling-serving.yaml").read_text())
+    double.call(lambda: store.create(store.type_for("modelship.dev/v1alpha1", "ModelDeployment"), NS, md))
+    deps, name = store.type_for("apps/v1", "Deployment"), md["metadata"]["name"]
+
+    async def go() -> None:
+        kube = Kube(Connection(server=double.url, token=double.token))
+
+        async def nothing(*_: Any) -> None:
+            return None
+        watches = await caches.start(kube, (NS,), nothing)
+        r = Reconciler(SETTINGS, kube, discovery=Discovery(ttl=0))
+        try:
+            await r(NS, name, "change")
+            (dep,) = double.call(lambda: store.list(deps, NS))
+            double.call(lambda: store.set_status(deps, NS, dep["metadata"]["name"],
+                                                 deployment_status(dep, int(dep["spec"]["replicas"]))))
+            for _ in range(100):  # the watch cache sees the deployment controller's status
+                (cached,) = await kube.list("apps/v1", "Deployment", NS)
+                if (cached.get("status") or {}).get("readyReplicas"):
+                    break
+                await asyncio.sleep(0.05)
+            await r(NS, name, "deployment modified")
+            await r(NS, name, "resync")
+            assert (NS, name) in r.settled
+            assert await kube.get(*("autoscaling/v2", "HorizontalPodAutoscaler"), NS, name) is not None
+
+            double.call(lambda: store.create(store.type_for("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
+                                             None, keda_crd()))
+            await r(NS, name, "resync")
+            assert (NS, name) not in r.settled
+            assert double.call(lambda: store.find(store.type_for("keda.sh/v1alpha1", "ScaledObject"), NS, name))
+            assert double.call(lambda: store.find(store.type_for("autoscaling/v2", "HorizontalPodAutoscaler"),
+                                                  NS, name)) is None
+        finally:
+            await watches.stop()
+            await kube.close()
+
+    asyncio.run(go())
