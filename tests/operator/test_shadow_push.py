@@ -9,12 +9,15 @@ Two halves:
 * the whole loop against REAL `python -m modelship_server` processes: a stable with its admin
   port, told by `push` to mirror to a canary running the same model (agrees) or one whose classes
   are rolled (disagrees on every row); its /metrics, parsed by analysis.parse_metrics and judged,
-  pass and fail accordingly; off stops the mirror.
+  pass and fail accordingly; off stops the mirror. The same judged through a real Prometheus
+  that scrapes them with the ServiceMonitor's relabelings (canary_metrics.measure_prometheus: the
+  server's `revision` label arrives as `exported_revision`).
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -357,3 +360,82 @@ def test_a_real_stable_mirrors_to_a_disagreeing_canary_and_fails_then_stops(serv
     _drive(stable, 20)
     time.sleep(0.5)
     assert a.measure_pods({"c": before}, {"c": _snapshot(servers["rolled"].admin + "/metrics")}).requests == 0
+
+
+# --------------------------------------------------------------------------- through a real Prometheus
+
+NAMESPACE, NAME = "ml", "fraud"
+HASHES = {"stable": "st4b1e0001", "same": "s4me000001", "rolled": "r011ed0001"}
+
+
+@pytest.fixture(scope="module")
+def prometheus(servers: dict[str, Server], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus scraping each server's admin port with the target labels (and the
+    relabelings) the operator's ServiceMonitor gives a pod of that revision."""
+    from test_metrics_source import PROMETHEUS, pod_target_labels, servicemonitor_relabel_configs
+
+    if not os.access(PROMETHEUS, os.X_OK):
+        pytest.skip("the prometheus binary is not installed (apt-get install prometheus); CI installs it")
+    work = tmp_path_factory.mktemp("prometheus-shadow")
+    static = [{"targets": [f"127.0.0.1:{s.admin_port}"],
+               "labels": pod_target_labels(NAMESPACE, f"{NAME}-{HASHES[role]}-x2x4q",
+                                           {"app.kubernetes.io/instance": NAME,
+                                            "modelship.dev/revision": HASHES[role]})}
+              for role, s in servers.items()]
+    config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+              "scrape_configs": [{"job_name": "modelship", "static_configs": static,
+                                  "relabel_configs": servicemonitor_relabel_configs()}]}
+    (work / "prometheus.yml").write_text(json.dumps(config))
+    port = _free_port()
+    with (work / "prometheus.log").open("wb") as log:
+        proc = subprocess.Popen([PROMETHEUS, f"--config.file={work / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                                 "--log.level=warn"], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(lambda: httpx.get(f"{base}/-/ready", timeout=1).status_code == 200, 30, "prometheus ready", proc)
+        yield base
+    finally:
+        _stop(proc)
+
+
+def _prom(base: str, query: str) -> list[dict]:
+    body = httpx.get(f"{base}/api/v1/query", params={"query": query}, timeout=5).json()
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def _promql_window(prometheus: str, stable: Server, canary: Server, role: str, n: int = 60) -> a.Verdict:
+    from datetime import datetime, timezone
+
+    from modelship_operator.canary_metrics import measure_prometheus
+
+    revision = HASHES[role]
+    assert asyncio.run(sc.push([pod("stable-0", stable.admin_port)], "st4b1e",
+                               sc.MirrorConfig(canary.base, 100.0, revision))).changed == ["stable-0"]
+    _drive(stable, 3)  # the canary's shadow series exist before the window (increase() needs a first sample)
+    rows = f'modelship_shadow_rows_total{{exported_revision="{revision}",revision="{HASHES["stable"]}"}}'
+    _wait_for(lambda: [float(r["value"][1]) for r in _prom(prometheus, rows)] == [3.0], 20, "the warm-up scraped")
+    time.sleep(2.5)  # flat samples before the traffic
+    start = time.time()
+    _drive(stable, n)
+    _wait_for(lambda: [float(r["value"][1]) for r in _prom(prometheus, rows)] == [3.0 + n], 30,
+              "prometheus to scrape the mirrored traffic")
+    time.sleep(2.5)  # flat samples after it
+    now = time.time()
+    verdict = asyncio.run(measure_prometheus(
+        prometheus, LIMITS, namespace=NAMESPACE, name=NAME, canary=revision, stable=HASHES["stable"],
+        window_s=now - start + 2, now=datetime.fromtimestamp(now, timezone.utc), shadow=True))
+    asyncio.run(sc.push([pod("stable-0", stable.admin_port)], "st4b1e", sc.OFF))
+    return verdict
+
+
+def test_the_promql_path_judges_the_stable_pods_shadow_series(servers: dict[str, Server], prometheus: str) -> None:
+    same = _promql_window(prometheus, servers["stable"], servers["same"], "same")
+    assert same.result == a.PASS, same.message
+    assert same.shadow is not None and same.shadow.rows >= 60 and same.shadow.disagreement == 0
+    rolled = _promql_window(prometheus, servers["stable"], servers["rolled"], "rolled")
+    assert rolled.result == a.FAIL
+    assert rolled.reasons[0].startswith("disagreement 100.00% above maxDisagreement 5.00%"), rolled.reasons
+    # the canary's own requests (the mirrored ones) were read from its series too
+    assert rolled.canary.requests >= 60
