@@ -46,21 +46,25 @@ def named_rows(value: Any, spec: TensorSpec, what: str, one_row: bool) -> np.nda
     allowed = _ALLOWED[spec.dtype.kind]
     table = []
     for i, row in enumerate(rows):
-        where = what if one_row else f"{what}[{i}]"
         if not isinstance(row, dict):
-            raise BadRequest(f"{where}: expected an object mapping column names to values, got {_json_type(row)}")
+            raise BadRequest(f"{_where(what, i, one_row)}: expected an object mapping column names to values, "
+                             f"got {_json_type(row)}")  # fmt: skip
         try:
             values = get(row)
         except KeyError:
-            raise _wrong_names(row, columns, where) from None
+            raise _wrong_names(row, columns, _where(what, i, one_row)) from None
         if len(row) != width:  # every column is there, so the extra keys are unknown
-            raise _wrong_names(row, columns, where)
+            raise _wrong_names(row, columns, _where(what, i, one_row))
         # Scalars of the input's kind only: numpy would read true as 1.0, or [1.8] as a dimension.
         if not allowed.issuperset(map(type, values)):
-            raise BadRequest(_bad_values(row, columns, spec, where))
+            raise BadRequest(_bad_values(row, columns, spec, _where(what, i, one_row)))
         table.append(values)
     # Ranges and finiteness as for values sent by position.
     return to_array(table, spec, what)
+
+
+def _where(what: str, i: int, one_row: bool) -> str:
+    return what if one_row else f"{what}[{i}]"
 
 
 def _quote(names: list[str]) -> str:
