@@ -414,3 +414,24 @@ def test_the_example_walks_its_routes() -> None:
     w.settle()
     assert w.canary["step"] == 6 and w.canary["headerRoutes"] == ["beta"]  # the cookie route removed
     assert gateway_errors(httproute_of(w)) == []
+
+
+# --------------------------------------------------------------------------- regex syntax
+
+
+@pytest.mark.parametrize("pattern, ok", [
+    ("b.*", True), ("(?i)beta|gamma", True), ("^1[0-9]{3}$", True), (r"\d+\.\d+", True), ("[]a+]+", True),
+    ("(?P<arm>b|c)", True), (r"\++", True), ("a+?", True),
+    ("(b|c", False), ("b(?=eta)", False), ("(?<!x)b", False), (r"(a)\1", False), ("a++", False),
+    ("x{2}+", False), ("(?>a)", False), (r"a\Z", False), ("(?x) a b", False),
+])
+def test_regex_values_must_be_re2(pattern: str, ok: bool) -> None:
+    """What the API server's CEL (Go's RE2) and Envoy reject is rejected offline too, though Python's
+    `re` would take lookaround, backreferences, possessive quantifiers, \\Z and the x flag."""
+    body = {"apiVersion": "modelship.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "fraud", "namespace": "ml"},
+            "spec": gateway_spec(steps=[route("r", header("X-G", regex=pattern)), {"setWeight": 10}])}
+    errors = schema.validate(body, cel=True)
+    assert (errors == []) == ok, errors
+    if not ok:
+        assert any("regex must be a valid RE2 regular expression" in e for e in errors)

@@ -34,6 +34,49 @@ def re2_anchored(pattern: str) -> str:
     return pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith("\\$") else pattern
 
 
+_NOT_RE2_GROUPS = ("?=", "?!", "?<=", "?<!", "?>", "?(", "?P=")  # lookaround, atomic, conditional, backref
+
+
+def re2_error(pattern: str) -> str | None:
+    """Why RE2 (Kubernetes' CEL, Go, Envoy) would reject `pattern`, as far as Python can tell; None
+    when it compiles. Python's `re` accepts more than RE2: lookaround, backreferences, atomic groups,
+    possessive quantifiers, \\Z and the a/L/u/x flags are refused here as RE2 refuses them."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return str(exc)
+    i, n, in_class, prev = 0, len(pattern), False, ""
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            nxt = pattern[i + 1:i + 2]
+            if not in_class and nxt and (nxt in "123456789Z"):
+                return f"\\{nxt} is not RE2 syntax"
+            i, prev = i + 2, "x"
+            continue
+        if in_class:
+            in_class = c != "]"
+            i += 1
+            continue
+        if c == "[":
+            i += 1
+            i += pattern.startswith("^", i)
+            i += pattern.startswith("]", i)  # a literal ] first in the class
+            in_class, prev = True, "x"
+            continue
+        if c == "(" and pattern.startswith("?", i + 1):
+            bad = next((g for g in _NOT_RE2_GROUPS if pattern.startswith(g, i + 1)), None)
+            flags = re.match(r"\?([a-zA-Z-]*)[:)]", pattern[i + 1:])
+            if bad is None and flags and set(flags.group(1)) & set("aLux"):
+                bad = f"?{flags.group(1)}"
+            if bad is not None:
+                return f"({bad}...) is not RE2 syntax"
+        if c == "+" and prev and prev in "*+?}":
+            return "possessive quantifiers are not RE2 syntax"
+        prev, i = c, i + 1
+    return None
+
+
 @functools.lru_cache(maxsize=256)
 def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(re2_anchored(pattern))

@@ -21,7 +21,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_vali
 from pydantic.alias_generators import to_camel
 from pydantic.dataclasses import dataclass
 
-from .markers import OA, Checked, PassThrough, Rule, Shaped, Since, WriteEmptyDefault, matches
+from .markers import OA, Checked, PassThrough, Rule, Shaped, Since, WriteEmptyDefault, matches, re2_error
 
 GROUP = "modelship.dev"
 VERSION = "v1alpha1"
@@ -426,6 +426,11 @@ class StringMatch(_Object):
         Rule("(has(self.exact) ? 1 : 0) + (has(self.prefix) ? 1 : 0) + (has(self.regex) ? 1 : 0) == 1",
              "a header route value sets exactly one of exact, prefix or regex",
              lambda m: sum(v is not None for v in (m.exact, m.prefix, m.regex)) == 1),
+        # An invalid pattern would reach the gateway, which may then refuse the whole HTTPRoute.
+        # (`||` would forgive an error on one side; both sides fail on a pattern RE2 cannot compile.)
+        Rule("!has(self.regex) || ''.matches(self.regex) || !''.matches(self.regex)",
+             "regex must be a valid RE2 regular expression",
+             lambda m: m.regex is None or re2_error(m.regex) is None),
     )
 
     # 1024: escaped into a RegularExpression match (prefixes, cookies) it still fits the Gateway API's 4096.

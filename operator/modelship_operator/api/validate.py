@@ -24,7 +24,7 @@ from typing import Any
 from . import crdgen
 from . import v1alpha1 as v
 from .crdgen import apply_defaults
-from .markers import re2_anchored
+from .markers import re2_anchored, re2_error
 
 __all__ = ["apply_defaults", "cel_available", "crd_errors", "crd_text", "default_errors", "eval_rule",
            "iter_rules", "load_crd", "openapi_schema", "prune_nulls", "re2_anchored", "structural_errors",
@@ -225,6 +225,8 @@ def cel_available() -> bool:
 def _cel_matches(text: Any, pattern: Any) -> Any:
     import celpy
 
+    if (error := re2_error(str(pattern))) is not None:  # Kubernetes' CEL compiles RE2: an error there too
+        raise ValueError(f"error parsing regexp: {error}")
     return celpy.celtypes.BoolType(re.search(re2_anchored(str(pattern)), str(text)) is not None)
 
 
