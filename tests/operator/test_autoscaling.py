@@ -579,3 +579,16 @@ def test_a_settled_object_is_reconciled_again_once_keda_is_installed(apiserver) 
             await kube.close()
 
     asyncio.run(go())
+
+
+def test_an_event_says_when_a_serving_signal_needs_prometheus_adapter() -> None:
+    for keda, reasons in ((False, ["RevisionCreated", "AutoscalingThroughAdapter"]), (True, ["RevisionCreated"])):
+        cluster = _cluster(keda=keda)
+        cluster.create(_serving(metric="rps", target=20))
+        _reconcile(cluster, "recommender")
+        events = cluster.kube.events_for("recommender")
+        assert sorted(e["reason"] for e in events) == sorted(reasons)
+        if not keda:
+            (note,) = [e for e in events if e["reason"] == "AutoscalingThroughAdapter"]
+            assert note["type"] == "Normal" and "modelship_requests_per_second" in note["message"]
+        assert not _reconcile(cluster, "recommender").events  # once per spec change

@@ -49,6 +49,18 @@ def spec_warnings(
                 "the HorizontalPodAutoscaler cannot compute utilisation until one is set",
             )
         )
+    serving = md.spec.autoscaling.metric if md is not None and md.spec.autoscaling is not None else "cpu"
+    if scaling is not None and scaling.keda is None and serving != "cpu":
+        pods = next((m["pods"]["metric"]["name"] for m in scaling.metrics if m.get("type") == "Pods"), "")
+        warnings.append(
+            Event(
+                "Normal",
+                "AutoscalingThroughAdapter",
+                f"autoscaling.metric {serving}: KEDA's ScaledObject CRD is not served or the operator has no "
+                f"Prometheus address, so a HorizontalPodAutoscaler scales on the Pods metric {pods}; "
+                "prometheus-adapter must serve it (the chart's monitoring.prometheusAdapter rules)",
+            )
+        )
     if md is not None and md.spec.rollout.traffic == "gateway" and mode != "gateway":
         warnings.append(
             Event(

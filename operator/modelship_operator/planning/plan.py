@@ -194,7 +194,7 @@ def _single_plan(md: ModelDeployment, observed: Observed, settings: Settings, no
         wanted=rev.replicas, stable=revision_status(rev, state, shaping_spec(md)), history=history,
         counted=counted, mode=mode,
     )
-    warnings = spec_warnings(rev, autoscaling_plan(md), md, mode)
+    warnings = spec_warnings(rev, autoscaling_plan(md, settings, observed.scaledobject_served), md, mode)
     return _base_plan(
         md, observed, settings,
         revisions=(rev,),
@@ -367,7 +367,7 @@ def _canary_plan(
         canary=canary,
         history=history, counted=scaled, mode=mode,
     )
-    warnings = spec_warnings(canary_rev, autoscaling_plan(md), md, mode)
+    warnings = spec_warnings(canary_rev, autoscaling_plan(md, settings, observed.scaledobject_served), md, mode)
     # Gateway mode: the canary backend and the mirror only once canary pods are ready.
     return _base_plan(
         md, observed, settings,
@@ -420,13 +420,13 @@ def _promoted_plan(
         wanted=rev.replicas, stable=revision_status(rev, state, shaping_spec(md)), history=history,
         counted=[state], mode=mode,
     )
+    warnings = spec_warnings(rev, autoscaling_plan(md, settings, observed.scaledobject_served), md, mode)
     return _base_plan(
         md, observed, settings,
         revisions=(rev,),
         retain=(),
         status=status,
-        events=transition_events(previous, status, rev, spec_warnings(rev, autoscaling_plan(md), md, mode), events,
-                                 announce_replacement=False),
+        events=transition_events(previous, status, rev, warnings, events, announce_replacement=False),
         consumed_actions=outcome.consumed,
         traffic_mode=mode,
         route=route_plan(md, rev, None, 0, False) if mode == "gateway" else None,
