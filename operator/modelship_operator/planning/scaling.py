@@ -63,10 +63,6 @@ class AutoscalingPlan:
     metrics: tuple[Mapping, ...]  # complete autoscaling/v2 MetricSpecs (the HPA); () with KEDA
     keda: KedaTrigger | None = None  # a ScaledObject instead of an HPA
 
-    @property
-    def kind(self) -> str:
-        return "ScaledObject" if self.keda is not None else "HorizontalPodAutoscaler"
-
 
 def desired_replicas(md: ModelDeployment) -> int:
     replicas = int(md.spec.replicas)
