@@ -97,6 +97,22 @@ def test_exported_program_has_a_dynamic_batch_dimension(example_model_dir: Path)
     assert out.shape == (4096, 10)
 
 
+def test_the_exported_program_scales_first(example_model_dir: Path, heldout) -> None:
+    """The preprocessing is part of the exported program: its first operations subtract the
+    preprocess module's mean from the raw input and divide by its std."""
+    x, _ = heldout
+    program = torch.export.load(str(example_model_dir / "model.pt2"))
+    buffers = program.graph_signature.inputs_to_buffers
+    assert sorted(buffers.values()) == ["preprocess.mean", "preprocess.std"]
+    ops = [n for n in program.graph.nodes if n.op == "call_function"]
+    sub, div = ops[0], ops[1]
+    assert "sub" in str(sub.target) and buffers.get(sub.args[1].name) == "preprocess.mean"
+    assert "div" in str(div.target) and div.args[0] is sub and buffers.get(div.args[1].name) == "preprocess.std"
+    state = program.state_dict
+    scaled = (torch.from_numpy(x) - state["preprocess.mean"]) / state["preprocess.std"]
+    assert abs(float(scaled.mean())) < 0.1  # the held-out pixels come out standardised
+
+
 def test_the_model_standardises_inside(scripted, heldout) -> None:
     """Raw pixels in; a constant image of the training mean gives the same logits as the
     first layer's bias path, i.e. the scaling statistics are folded into the model."""
