@@ -307,8 +307,8 @@ async def _baseline(kube: KubeAPI, md: ModelDeployment, desired: Plan, settings:
 SHADOW_RETRY_S = 10.0
 
 
-async def _shadow(kube: KubeAPI, md: ModelDeployment, desired: Plan, memory: canary_metrics.AnalysisMemory,
-                  result: ReconcileResult) -> bool:
+async def _shadow(kube: KubeAPI, body: Mapping[str, Any], md: ModelDeployment, desired: Plan,
+                  memory: canary_metrics.AnalysisMemory, result: ReconcileResult, now: datetime) -> bool:
     """Bring the stable pods' mirror config in line with the plan (shadow_config.py): on during
     an active shadow step, off on the revisions that may still mirror. True when every pod
     holds its config (nothing to retry)."""
@@ -321,6 +321,13 @@ async def _shadow(kube: KubeAPI, md: ModelDeployment, desired: Plan, memory: can
     reports = await shadow_config.sync(kube, memory, uid=uid, namespace=md.namespace, name=md.name,
                                        on=on, off=desired.shadow_off)
     result.shadow = reports
+    # Observable: an Event when pods were (re)configured (a restarted pod is configured again).
+    events = [Event("Normal", "ShadowConfigured" if r.config.on else "ShadowStopped",
+                    f"{len(r.changed)} stable pod(s) of revision {r.revision} "
+                    + (f"copy {r.config.percent:g}% of their requests to {r.config.url} (canary {r.config.revision})"
+                       if r.config.on else "stopped mirroring"))
+              for r in reports if r.changed]
+    await _emit(kube, body, events, result, now)
     return all(r.complete for r in reports)
 
 
@@ -399,7 +406,7 @@ async def reconcile(body: Mapping[str, Any], kube: KubeAPI, settings: Settings, 
     await _write_status(kube, body, desired_plan.status, result)
     await _emit(kube, body, desired_plan.events, result, now)
     await _clear_actions(kube, body, desired_plan.consumed_actions, result)
-    shadow_done = await _shadow(kube, md, desired_plan, memory, result)
+    shadow_done = await _shadow(kube, body, md, desired_plan, memory, result, now)
     await _baseline(kube, md, desired_plan, settings, now, memory)
     result.requeue_after = desired_plan.requeue_after
     if not shadow_done:  # a stable pod not (yet) configured: look again soon

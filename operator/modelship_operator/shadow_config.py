@@ -200,8 +200,11 @@ async def sync(kube: Any, memory: AnalysisMemory, *, uid: str, namespace: str, n
             stable, service_name, percent, canary = on
             report = PushReport(stable, OFF)
             try:
-                service = await kube.get("v1", "Service", namespace, service_name)
-                url = mirror_url(service)
+                # Listed (not read by name): the operator may list, not get, Services, and only
+                # a Service this ModelDeployment controls is trusted as the mirror's target.
+                owned = await kube.owned("v1", "Service", namespace, uid, {INSTANCE_LABEL: name})
+                url = mirror_url(next((o for o in owned if (o.get("metadata") or {}).get("name") == service_name),
+                                      None))
                 if url is None:
                     report.errors.append(f"Service {service_name} has no cluster IP yet")
                 else:

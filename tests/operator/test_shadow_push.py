@@ -7,8 +7,8 @@ Two halves:
   restarted pod configured again, pods that are not ready, unreachable or silent, and the
   level-triggered "off" that `sync` retries until every pod is seen off;
 * the whole loop against REAL `python -m modelship_server` processes: a stable with its admin
-  port, told by `push` to mirror to a canary running the same model (agrees) or one whose classes
-  are rolled (disagrees on every row); its /metrics, parsed by analysis.parse_metrics and judged,
+  port, told by `push` to mirror to a canary running the same model (agrees) or the example's
+  `bad` variant (its classes permuted: disagrees on every row); its /metrics, parsed by analysis.parse_metrics and judged,
   pass and fail accordingly; off stops the mirror. The same judged through a real Prometheus
   that scrapes them with the ServiceMonitor's relabelings (canary_metrics.measure_prometheus: the
   server's `revision` label arrives as `exported_revision`).
@@ -37,7 +37,9 @@ from modelship_operator import shadow_config as sc
 from modelship_operator.canary_metrics import AnalysisMemory
 from modelship_operator.metrics_source import scrape
 from modelship_operator.spec import AnalysisSpec
-from test_metrics_source import _features, _free_port, _stop, _wait_for
+from test_metrics_source import _free_port, _stop, _wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CANARY_URL, CANARY_HASH = "http://10.96.0.7:8080", "c4n4ry0001"
 ON = sc.MirrorConfig(CANARY_URL, 20.0, CANARY_HASH)
@@ -176,7 +178,7 @@ def test_a_pod_that_refuses_the_config_is_reported(pods: list[FakeStablePod]) ->
 
 
 class PodsAndServices:
-    """What `sync` reads through kube: pods by revision label, the canary role Service."""
+    """What `sync` reads through kube: pods by revision label, the Services the object controls."""
 
     def __init__(self, pods_by_revision: dict[str, list[dict]], cluster_ip: str | None = "10.96.0.7") -> None:
         self.pods_by_revision = pods_by_revision
@@ -187,9 +189,12 @@ class PodsAndServices:
         assert kind == "Pod" and label_selector["app.kubernetes.io/instance"] == "fraud"
         return self.pods_by_revision.get(label_selector["modelship.dev/revision"], [])
 
-    async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict | None:
-        assert kind == "Service" and name == "fraud-canary"
-        return {"spec": {"clusterIP": self.cluster_ip, "ports": [{"name": "http", "port": 8080}]}}
+    async def owned(self, api_version: str, kind: str, namespace: str, owner_uid: str,
+                    label_selector: Any = None) -> list[dict]:
+        assert kind == "Service" and owner_uid == "u1" and label_selector == {"app.kubernetes.io/instance": "fraud"}
+        return [{"metadata": {"name": "fraud"}, "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 8080}]}},
+                {"metadata": {"name": "fraud-canary"},
+                 "spec": {"clusterIP": self.cluster_ip, "ports": [{"name": "http", "port": 8080}]}}]
 
 
 def test_sync_turns_it_on_then_keeps_trying_off_until_every_pod_is_off(pods: list[FakeStablePod]) -> None:
@@ -254,32 +259,24 @@ def _start(model: Path, version: str, log: Path) -> Server:
 
 
 @pytest.fixture(scope="module")
-def rolled_model_dir(example_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example model with its classes rolled by one: it disagrees with it on every row."""
-    torch = pytest.importorskip("torch")
-
-    class Rolled(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.roll(self.inner(x), 1, 1)
-
-    out = tmp_path_factory.mktemp("rolled-model")
-    torch.jit.script(Rolled(torch.jit.load(str(example_model_dir / "model.pt")))).save(str(out / "model.pt"))
-    (out / "signature.json").write_text((example_model_dir / "signature.json").read_text())
+def bad_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example's `bad` variant (examples/build_model.py): trained on the same split with its
+    classes permuted, it disagrees with v1 on every held-out row."""
+    pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("bad-model")
+    subprocess.run([sys.executable, str(ROOT / "examples" / "build_model.py"), "--out", str(out), "--variant", "bad"],
+                   check=True, timeout=300, stdout=subprocess.DEVNULL)
     return out
 
 
 @pytest.fixture(scope="module")
-def servers(example_model_dir: Path, rolled_model_dir: Path,
+def servers(example_model_dir: Path, bad_model_dir: Path,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
     pytest.importorskip("modelship_server")
     logs = tmp_path_factory.mktemp("shadow-logs")
     started = {"stable": _start(example_model_dir, "1.0.0", logs / "stable.log"),
                "same": _start(example_model_dir, "1.1.0", logs / "same.log"),
-               "rolled": _start(rolled_model_dir, "2.0.0", logs / "rolled.log")}
+               "bad": _start(bad_model_dir, "2.0.0", logs / "bad.log")}
     try:
         for role, s in started.items():
             _wait_for(lambda s=s: httpx.get(f"{s.base}/v2/health/ready", timeout=1).status_code == 200,
@@ -349,23 +346,23 @@ def test_a_real_stable_mirrors_to_an_agreeing_canary_and_passes(servers: dict[st
 
 def test_a_real_stable_mirrors_to_a_disagreeing_canary_and_fails_then_stops(servers: dict[str, Server]) -> None:
     stable = servers["stable"]
-    verdict = _mirror_window(stable, servers["rolled"], "rolled01")
+    verdict = _mirror_window(stable, servers["bad"], "bad00001")
     assert verdict.result == a.FAIL
     assert verdict.reasons[0].startswith("disagreement 100.00% above maxDisagreement 5.00%")
     # off: the stable stops mirroring; the canary sees no more of its requests
     listed = [pod("stable-0", stable.admin_port)]
     assert asyncio.run(sc.push(listed, "st4b1e", sc.OFF)).changed == ["stable-0"]
     assert httpx.get(stable.admin + "/shadow").json()["percent"] == 0
-    before = _snapshot(servers["rolled"].admin + "/metrics")
+    before = _snapshot(servers["bad"].admin + "/metrics")
     _drive(stable, 20)
     time.sleep(0.5)
-    assert a.measure_pods({"c": before}, {"c": _snapshot(servers["rolled"].admin + "/metrics")}).requests == 0
+    assert a.measure_pods({"c": before}, {"c": _snapshot(servers["bad"].admin + "/metrics")}).requests == 0
 
 
 # --------------------------------------------------------------------------- through a real Prometheus
 
 NAMESPACE, NAME = "ml", "fraud"
-HASHES = {"stable": "st4b1e0001", "same": "s4me000001", "rolled": "r011ed0001"}
+HASHES = {"stable": "st4b1e0001", "same": "s4me000001", "bad": "b4d0000001"}
 
 
 @pytest.fixture(scope="module")
@@ -434,8 +431,8 @@ def test_the_promql_path_judges_the_stable_pods_shadow_series(servers: dict[str,
     same = _promql_window(prometheus, servers["stable"], servers["same"], "same")
     assert same.result == a.PASS, same.message
     assert same.shadow is not None and same.shadow.rows >= 60 and same.shadow.disagreement == 0
-    rolled = _promql_window(prometheus, servers["stable"], servers["rolled"], "rolled")
-    assert rolled.result == a.FAIL
-    assert rolled.reasons[0].startswith("disagreement 100.00% above maxDisagreement 5.00%"), rolled.reasons
+    bad = _promql_window(prometheus, servers["stable"], servers["bad"], "bad")
+    assert bad.result == a.FAIL
+    assert bad.reasons[0].startswith("disagreement 100.00% above maxDisagreement 5.00%"), bad.reasons
     # the canary's own requests (the mirrored ones) were read from its series too
-    assert rolled.canary.requests >= 60
+    assert bad.canary.requests >= 60

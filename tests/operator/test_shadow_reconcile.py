@@ -170,9 +170,11 @@ def test_an_agreeing_shadow_canary_is_promoted_and_every_stable_pod_stops_mirror
     assert role is not None and role["spec"]["selector"][REVISION] == v2
     address = f"http://{role['spec']['clusterIP']}:8080"
     assert [s.config for s in stable] == [{"url": address, "percent": 50, "revision": v2}] * 2
+    events = [e["message"] for e in r.kube.events_for(NAME) if e["reason"] == "ShadowConfigured"]
+    assert events == [f"2 stable pod(s) of revision {v1} copy 50% of their requests to {address} (canary {v2})"]
     # the next reconcile reads each pod's config and writes nothing more
-    r.reconcile(seconds=1)
-    assert [len(s.puts) for s in stable] == [1, 1]
+    result = r.reconcile(seconds=1)
+    assert [len(s.puts) for s in stable] == [1, 1] and not result.events
     # a stable pod restarts (its runtime config is gone): configured again at the next pass
     stable[1].config = {"url": None, "percent": 0, "revision": None}
     r.reconcile(seconds=1)
@@ -188,6 +190,7 @@ def test_an_agreeing_shadow_canary_is_promoted_and_every_stable_pod_stops_mirror
     assert status["canary"]["step"] == 1 and "shadowPercent" not in status["canary"]
     # the shadow is over: both stable pods were set to percent 0 in that same reconcile
     assert [s.config["percent"] for s in stable] == [0, 0] and [s.puts[-1] for s in stable] == [{"percent": 0}] * 2
+    assert f"2 stable pod(s) of revision {v1} stopped mirroring" in [e["message"] for e in r.kube.events_for(NAME)]
     assert r.service(f"{NAME}-canary") is None and REVISION not in r.service(NAME)["spec"]["selector"]  # type: ignore[index]
     check_stable_serves(r, v1)
 
