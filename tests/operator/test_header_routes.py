@@ -435,3 +435,27 @@ def test_regex_values_must_be_re2(pattern: str, ok: bool) -> None:
     assert (errors == []) == ok, errors
     if not ok:
         assert any("regex must be a valid RE2 regular expression" in e for e in errors)
+
+
+# --------------------------------------------------------------------------- with shadow steps
+
+
+def test_header_routes_pause_during_a_shadow_step_and_come_back_after_it() -> None:
+    """A shadow step gives the canary no user traffic: its header routes are off during it (the
+    rule goes, no status entry), and in force again at the next step (the fold never forgot them)."""
+    from test_shadow_plan import ANALYSIS, measure
+
+    steps = [BETA, {"shadow": {"percent": 20, "duration": "1m"}}, {"setWeight": 10}, {"pause": {}}]
+    s = gateway_spec(steps=steps)
+    s["rollout"]["analysis"] = dict(ANALYSIS)
+    w = World(s, httproute=True)
+    w.settle()
+    start(w)
+    assert w.canary["step"] == 1 and w.canary.get("shadowPercent") == 20
+    assert "headerRoutes" not in w.canary and header_rules(httproute_of(w)) == []
+    assert [b["weight"] for b in httproute_of(w)["spec"]["rules"][0]["backendRefs"]] == [100, 0]
+    measure(w, "pass")
+    w.now += timedelta(minutes=1)
+    measure(w, "pass")
+    assert w.canary["step"] == 2 and w.canary["headerRoutes"] == ["beta"]
+    assert len(header_rules(httproute_of(w))) == 1 and gateway_errors(httproute_of(w)) == []
