@@ -56,8 +56,14 @@ def type_of(node: dict[str, Any]) -> str:
 
 def validation(node: dict[str, Any], required: bool) -> list[str]:
     rules = ["required"] if required else []
-    rules += [fmt.format(node[key])
-              for key, fmt in CONSTRAINTS if key in node]
+    # OpenAPI v3.0 (what Kubernetes speaks): exclusiveMinimum/Maximum are booleans on minimum/maximum.
+    bounds = {**node, **{k: node[k.replace("exclusiveM", "m")] for k in ("exclusiveMinimum", "exclusiveMaximum")
+                         if node.get(k) is True}}
+    for k in ("minimum", "maximum"):
+        if node.get("exclusive" + k.capitalize()) is True:
+            bounds.pop(k)
+    rules += [fmt.format(bounds[key])
+              for key, fmt in CONSTRAINTS if key in bounds and bounds[key] is not False]
     if node.get("x-kubernetes-preserve-unknown-fields"):
         rules.append("free-form (unknown fields kept)")
     if node.get("x-kubernetes-list-type"):
