@@ -254,6 +254,7 @@ class NetnsLoad:
         self._bodies = workdir / f"load-{time.monotonic_ns()}.json"
         self._bodies.write_text(json.dumps(rows))
         self._latest: dict[str, Any] = {"sent": 0, "codes": {}, "versions": {}}
+        self._history: list[tuple[float, dict[str, Any]]] = []  # (time.time() received, counts), 4 a second
         self._lock = threading.Lock()
         self._child: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
@@ -275,10 +276,19 @@ class NetnsLoad:
                 continue
             with self._lock:
                 self._latest = latest
+                self._history.append((time.time(), latest))
+                del self._history[:-20000]
 
     def counts(self) -> dict[str, Any]:
         with self._lock:
             return json.loads(json.dumps(self._latest))
+
+    def counts_at(self, wall: float) -> dict[str, Any]:
+        """The counts as last reported at or before `wall` (time.time()); answers counted by then
+        were received by then (within the loader's 0.25 s reporting period)."""
+        with self._lock:
+            before = [c for t, c in self._history if t <= wall]
+            return json.loads(json.dumps(before[-1] if before else {"sent": 0, "codes": {}, "versions": {}}))
 
     def stop(self) -> dict[str, Any]:
         """Stop and return the final counts."""

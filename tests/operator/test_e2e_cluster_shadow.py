@@ -12,7 +12,8 @@ the pod netns (the mirrors go through it, as they would through kube-proxy), and
 cluster would. The tests read pods only through the API server's pod proxy.
 
 In file order: the first version serves through its Service; a rollout to v2 (which agrees
-with v1 on most inputs) shadows, answers no client request and is promoted; a rollout to `bad`
+with v1 on most inputs) shadows, answers no client request, then takes its share at weight 50
+while the stable stops mirroring, and is promoted; a rollout to `bad`
 (which disagrees on every input) is aborted for disagreement while the stable answers every
 client, and every stable pod stops mirroring.
 """
@@ -27,6 +28,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,7 @@ VARIANTS = ("v1", "v2", "bad")
 INTERVAL = 4.0  # analysis.interval, seconds
 MAX_DISAGREEMENT = 0.2
 SHADOW_DURATION = 12.0  # seconds: three analysis windows
-STEPS = [{"shadow": {"percent": 100, "duration": f"{SHADOW_DURATION:g}s"}}]
+STEPS = [{"shadow": {"percent": 100, "duration": f"{SHADOW_DURATION:g}s"}}, {"setWeight": 50}]
 ANALYSIS = {"interval": f"{INTERVAL:g}s", "maxErrorRate": 0.05, "minRequests": 10, "failureLimit": 2,
             "minPassedWindows": 2, "inconclusiveLimit": 50, "maxDisagreement": MAX_DISAGREEMENT}
 RPS = 8  # client requests a second through the Service, all of the test
@@ -222,6 +224,14 @@ def _stable_mirroring(env: Env, stable: str, canary: str) -> list[dict[str, Any]
                          f"{[(v['pod'], v['shadow']) for v in views]}\n{env.log_tail()}")
 
 
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _status_of(env: Env) -> dict:
+    return env.call(lambda k: _md(k, env)).get("status") or {}
+
+
 def _wait(env: Env, fn: Any, what: str, timeout: float, every: float = 1.0) -> Any:
     deadline = time.monotonic() + timeout
     last = None
@@ -258,7 +268,7 @@ def test_the_first_version_serves_its_clients_through_its_service(shadow: Env) -
     assert all(v["shadow"].get("percent") == 0 for v in _views(env, v1)), _views(env, v1)
 
 
-def test_a_shadow_canary_that_agrees_takes_no_client_request_and_is_promoted(shadow: Env) -> None:
+def test_a_shadow_canary_that_agrees_takes_no_client_request_then_traffic_and_is_promoted(shadow: Env) -> None:
     env = shadow
     v1 = env.shared["v1"]
     load: NetnsLoad = env.shared["load"]
@@ -268,8 +278,14 @@ def test_a_shadow_canary_that_agrees_takes_no_client_request_and_is_promoted(sha
     status = _shadowing_canary(env, v1, "the v2 canary Ready and shadowing 100 %")
     v2 = env.shared["v2"] = status["canary"]["hash"]
     assert status["stable"]["hash"] == v1 and status["canary"].get("weight", 0) == 0, status["canary"]
-    shadowing = time.monotonic()
-    clients_at_shadow = load.counts()
+    assert status["canary"].get("step", 0) == 0, status["canary"]
+    shadow_seen = time.time()
+    # The shadow step cannot end before its duration from its start, nor before two analysis
+    # windows from the first one: until then (less a second for the timestamps' resolution)
+    # every client answer is from the shadow step.
+    step_started = _epoch(status["canary"]["stepStartedAt"])
+    first_window = (status["canary"].get("analysis") or {}).get("lastTime")
+    shadow_until = max(step_started + SHADOW_DURATION, _epoch(first_window) + 2 * INTERVAL if first_window else 0) - 1
 
     views = _stable_mirroring(env, v1, v2)
     canary_pods = env.call(lambda k: _ready_pods(k, env, v2))
@@ -293,35 +309,52 @@ def test_a_shadow_canary_that_agrees_takes_no_client_request_and_is_promoted(sha
     through = {k: n for k, n in services.connections().items() if k.startswith(f"{canary_ip}:{SERVER_PORT}>")}
     assert through and {k.split(">")[1].split(":")[0] for k in through} <= canary_ips, through
 
+    # the next step (setWeight 50) after the shadow step's duration and passing windows
     seen: list[dict] = []
 
-    async def promoted(k: Kube) -> dict | None:
+    async def weighted(k: Kube) -> dict | None:
         status = (await _md(k, env)).get("status") or {}
-        if (status.get("canary") or {}).get("hash") == v2:
-            seen.append(status["canary"])
-            if (status.get("stable") or {}).get("hash") == v1:
-                env.shared["clients_before_promotion"] = load.counts()
-        done = (status.get("stable") or {}).get("hash") == v2 and not (status.get("canary") or {}).get("hash")
-        return status if done and set(await _deployments(k, env)) == {v2} else None
+        canary = status.get("canary") or {}
+        if canary.get("hash") == v2:
+            seen.append(canary)
+        return status if canary.get("hash") == v2 and canary.get("step") == 1 else None
 
-    status = env.eventually(promoted, "the v2 shadow canary promoted and the old stable removed", timeout=180)
-    took = time.monotonic() - shadowing
-    # every client request up to the promotion was answered by the stable: none by the canary
-    during = _delta(env.shared["clients_before_promotion"], clients_at_shadow)
-    assert during["codes"] and set(during["codes"]) == {"200"} and set(during["versions"]) == {"1.0.0"}, during
+    status = env.eventually(weighted, "the v2 canary past its shadow step", timeout=120)
+    shadow_took = time.time() - step_started
+    shadowed = time.time() - shadow_seen  # from the first status showing the shadow (pods ready, pushed)
     analyses = [c.get("analysis") or {} for c in seen]
     compared = [a for a in analyses if a.get("compared")]
     assert compared and all(a["disagreement"] <= MAX_DISAGREEMENT for a in compared), analyses[-3:]
     assert any(a.get("verdict") == "Pass" for a in analyses), analyses[-3:]
-    assert took >= SHADOW_DURATION - 1, took  # the step lasted its duration
+    assert shadow_took >= SHADOW_DURATION - 1, shadow_took  # the step lasted its duration
+    assert not status["canary"].get("shadowPercent"), status["canary"]
+    # every client request of the shadow step was answered by the stable: none by the canary
+    during = _delta(load.counts_at(shadow_until), load.counts_at(shadow_seen))
+    assert sum(during["codes"].values()) >= 10, (during, shadow_until - shadow_seen)
+    assert set(during["codes"]) == {"200"} and set(during["versions"]) == {"1.0.0"}, during
+    # at weight 50 the stable pods stop mirroring and the canary answers clients itself
+    stable_views = _wait(env, lambda: (lambda vs: vs if vs and all(v["shadow"].get("percent") == 0 for v in vs)
+                                       else None)(_views(env, v1)), "the stable pods back to shadow percent 0", 30)
+    weighted_clients = _served(env, "2.0.0")
+    assert _status_of(env)["stable"]["hash"] == v1
+
+    async def promoted(k: Kube) -> dict | None:
+        status = (await _md(k, env)).get("status") or {}
+        done = (status.get("stable") or {}).get("hash") == v2 and not (status.get("canary") or {}).get("hash")
+        return status if done and set(await _deployments(k, env)) == {v2} else None
+
+    status = env.eventually(promoted, "the v2 canary promoted and the old stable removed", timeout=180)
     assert [(h["hash"], h["outcome"]) for h in status["history"]] == [(v1, "Superseded")]
     after = _served(env, "2.0.0")
     # the new stable does not mirror
     assert all(v["shadow"].get("percent") == 0 for v in _views(env, v2))
-    print(f"v2 shadow canary promoted {took:.1f} s after its shadow step started ({time.monotonic() - asked:.1f} s "
-          f"after the change); stable mirrored {outcomes}, {rows:g} rows, {disagreements:g} disagreed; "
-          f"last analysis {compared[-1]}; clients during the shadow step {during}; "
-          f"clients over the promotion {_delta(after, clients_at_shadow)}")
+    print(f"v2 shadow step took {shadow_took:.1f} s (duration {SHADOW_DURATION:g} s; shadowing seen "
+          f"{shadow_seen - step_started:.1f} s after the step started, for {shadowed:.1f} s), promoted "
+          f"{time.monotonic() - asked:.1f} s after the change; stable mirrored {outcomes}, {rows:g} rows, "
+          f"{disagreements:g} disagreed; last shadow analysis {compared[-1]}; clients during the shadow step "
+          f"{during}; at weight 50 {_delta(weighted_clients, load.counts_at(shadow_until))}; stable pods after the "
+          f"shadow step {[v['shadow'] for v in stable_views]}; "
+          f"clients in all {_delta(after, load.counts_at(shadow_seen))}")
 
 
 def test_a_shadow_canary_that_disagrees_is_aborted_and_the_stable_stops_mirroring(shadow: Env) -> None:
