@@ -446,10 +446,11 @@ class ShadowCollector(Collector):
             for outcome in OUTCOMES:
                 requests.add_metric([revision, outcome], st.requests[outcome])
             rows.add_metric([revision], st.rows)
-            disagreements.add_metric([revision], st.disagreements)
+            if sh.class_outputs:  # no class outputs: no series, so a maxDisagreement gate is inconclusive, not 0 %
+                disagreements.add_metric([revision], st.disagreements)
             diff_sum.add_metric([revision], st.abs_diff_sum)
             diff_max.add_metric([revision], st.abs_diff_max)
-        yield from (requests, rows, disagreements, diff_sum, diff_max)
+        yield from (requests, rows, diff_sum, diff_max, *((disagreements,) if sh.class_outputs else ()))
         yield GaugeMetricFamily("modelship_shadow_queue_depth", "Mirrors waiting to be sent.", value=len(sh._queue))
 
 

@@ -475,3 +475,50 @@ def test_sigterm_exits_at_once_while_a_canary_holds_a_mirror(model_dir) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+def _regressor(model_dir: Path, out: Path, *, shift: float) -> Path:
+    """The example model turned regressor: one float output per row (no class dimension)."""
+    import torch
+
+    class Regressor(torch.nn.Module):
+        def __init__(self, base: torch.nn.Module) -> None:
+            super().__init__()
+            self.base = base
+            self.shift = shift
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.base(x).sum(dim=1, keepdim=True) + self.shift
+
+    out.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        base = torch.jit.load(str(model_dir / "model.pt")).eval()
+        torch.jit.save(torch.jit.script(Regressor(base)), str(out / "model.pt"))
+    sig = _signature(model_dir)
+    sig.pop("labels", None)
+    sig["task"] = "regression"
+    sig["outputs"] = [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}]
+    (out / "signature.json").write_text(json.dumps(sig))
+    return out
+
+
+def test_a_regressor_exports_differences_and_no_disagreement_series(model_dir, tmp_path) -> None:
+    """No class outputs: the disagreement series is absent (an analysis gating on
+    maxDisagreement then has no data and holds), while the differences are exported."""
+    stable_dir = _regressor(model_dir, tmp_path / "stable", shift=0.0)
+    canary_dir = _regressor(model_dir, tmp_path / "canary", shift=0.5)
+    with ServerThread(create_app(settings_for(canary_dir, model_version="c"))) as canary, \
+         ServerThread(create_app(settings_for(stable_dir, model_version="s"))) as stable:
+        canary.wait_ready()
+        stable.wait_ready()
+        assert _put(stable, url=canary.url, percent=100, revision="reg").status_code == 200
+        for i in range(3):
+            r = httpx.post(stable.url + "/predict", json={"features": [float(i)] * 64})
+            assert r.status_code == 200
+        wait_for(lambda: _outcomes(stable, "reg")["compared"] == 3, 10, "three comparisons")
+        m = _metrics(stable)
+        assert value(m, "modelship_shadow_rows_total", revision="reg") == 3
+        assert value(m, "modelship_shadow_abs_diff_sum", revision="reg") == pytest.approx(1.5, rel=1e-4)
+        assert value(m, "modelship_shadow_abs_diff_max", revision="reg") == pytest.approx(0.5, rel=1e-4)
+        assert "modelship_shadow_disagreements_total" not in httpx.get(stable.url + "/metrics").text
