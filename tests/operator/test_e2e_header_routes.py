@@ -177,14 +177,14 @@ def test_abort_through_the_cli_takes_the_route_out(env: Env) -> None:
     code, out, err = _cli(env, "abort", NAME)
     assert code == 0, err
 
-    async def unrouted(k: Kube) -> dict | None:
-        route = await k.get(*HTTPROUTE, env.namespace, NAME)
-        return route if route and not _header_rules(route) else None
-    route = env.eventually(unrouted, "the HTTPRoute without the header rule")
-    (rule,) = route["spec"]["rules"]
+    async def aborted(k: Kube) -> dict | None:  # the children are applied before the status is written
+        md = await k.get(*MD, env.namespace, NAME)
+        return md if (_status(md).get("canary") or {}).get("aborted") else None
+    md = env.eventually(aborted, "status.canary.aborted")
+    assert "headerRoutes" not in md["status"]["canary"]
+    route = env.call(lambda k: k.get(*HTTPROUTE, env.namespace, NAME))
+    (rule,) = route["spec"]["rules"]  # the header rule went with the same reconcile, before the status
     assert {b["name"]: b["weight"] for b in rule["backendRefs"]}.get("fraud-canary", 0) == 0
-    md = env.call(lambda k: k.get(*MD, env.namespace, NAME))
-    assert md["status"]["canary"]["aborted"] and "headerRoutes" not in md["status"]["canary"]
     code, out, err = _cli(env, "status", NAME)
     assert "Header routes" not in out and "ABORTED" in out
     lines = env.log_lines()

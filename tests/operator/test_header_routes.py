@@ -459,3 +459,29 @@ def test_header_routes_pause_during_a_shadow_step_and_come_back_after_it() -> No
     measure(w, "pass")
     assert w.canary["step"] == 2 and w.canary["headerRoutes"] == ["beta"]
     assert len(header_rules(httproute_of(w))) == 1 and gateway_errors(httproute_of(w)) == []
+
+
+# --------------------------------------------------------------------------- analysis of header-routed users
+
+
+def test_header_routed_users_are_analysed_at_weight_zero_and_a_failing_canary_is_aborted() -> None:
+    w = ab_world([BETA, {"pause": {}}, {"setWeight": 50}])
+    start(w)
+    assert w.canary["step"] == 1 and w.canary["weight"] == 0 and w.canary["headerRoutes"] == ["beta"]
+    assert w.canary["analysis"]["lastTime"] and w.last.analysis is not None  # a window runs
+    assert w.last.requeue_after == 30.0
+    assert w.measure("fail") == ["AnalysisFailed"]
+    reasons = w.measure("fail")
+    assert "AnalysisFailed" in reasons and w.canary["aborted"]
+    assert "failureLimit" in w.canary["abortReason"] and header_rules(httproute_of(w)) == []
+
+
+def test_little_ab_traffic_does_not_pause_a_step_that_needs_no_windows() -> None:
+    w = ab_world([BETA, {"pause": {"duration": "2m"}}, {"setWeight": 50}])
+    start(w)
+    for _ in range(3):  # inconclusiveLimit 3 in a row: at a step with a weight this pauses the rollout
+        assert w.measure("inconclusive") == ["AnalysisInconclusive"]
+    assert w.canary["analysis"]["inconclusiveStreak"] == 3 and "heldReason" not in w.canary
+    assert w.status["phase"] == "Progressing" and w.canary["step"] == 1
+    assert w.measure("inconclusive") == ["AnalysisInconclusive", "RolloutStep"]  # the 2m pause ends on time
+    assert w.canary["step"] == 2 and w.canary["requestedWeight"] == 50

@@ -333,7 +333,10 @@ def _canary_plan(
     canary_rev = revision_plan(md, settings, hash_, number, "canary", canary_replicas)
 
     mirroring = mirror is not None and mirror.active
-    analysing = not progress.aborted and (effective > 0 or mirroring)
+    # The header routes rendered now (derived from the steps, never read back): once a canary pod is ready.
+    rendered = routes if canary_ready > 0 else ()
+    # Analysis runs while the canary serves users: by weight, through header routes, or mirrored.
+    analysing = not progress.aborted and (effective > 0 or mirroring or bool(rendered))
     analysis = analysis_window(progress, analysing, stamp)
     label = f"canary revision {number} ({hash_}, version {canary_rev.version})"
     failure = deployment_failure(canary_state) if canary_state else None
@@ -347,8 +350,6 @@ def _canary_plan(
                                 f"{describe_step(steps, progress.step)} holds: {outcome.holding}"))
     canary = canary_status(canary_rev, progress, effective=effective, weight=weight, ready=canary_ready,
                            analysis=analysis, holding=outcome.holding)
-    # The header routes rendered now (derived from the steps, never read back): once a canary pod is ready.
-    rendered = routes if canary_ready > 0 else ()
     if rendered:
         canary["headerRoutes"] = [r.name for r in rendered]
     if mirror is not None and mirror.active:

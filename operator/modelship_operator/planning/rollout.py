@@ -338,7 +338,9 @@ def advance(
         if result.result == FAIL and analysis["failures"] >= limits.failure_limit:
             abort(f"analysis failed {analysis['failures']} time(s), failureLimit {limits.failure_limit}: {result.message}")
         elif result.result == INCONCLUSIVE and analysis["inconclusiveStreak"] >= limits.inconclusive_limit \
-                and p.held is None:
+                and p.held is None and (p.step >= n or needs_evidence(steps, p.step)):
+            # (A step that needs no evidence -- weight 0, users only through header routes -- is
+            # judged for failures; too little traffic there does not pause it.)
             why = (f"{analysis['inconclusiveStreak']} inconclusive analysis windows in a row "
                    f"(inconclusiveLimit {limits.inconclusive_limit}) at {describe_step(steps, p.step)}: "
                    f"{result.message}")
@@ -424,7 +426,8 @@ def next_analysis_at(md: ModelDeployment) -> datetime | None:
     """
     canary = previous_status(md).get("canary") or {}
     if not canary.get("hash") or canary.get("aborted") or (
-            as_int(canary.get("weight")) <= 0 and as_int(canary.get("shadowPercent")) <= 0):
+            as_int(canary.get("weight")) <= 0 and as_int(canary.get("shadowPercent")) <= 0
+            and not canary.get("headerRoutes")):
         return None
     start = parse_time((canary.get("analysis") or {}).get("lastTime"))
     if start is None:
