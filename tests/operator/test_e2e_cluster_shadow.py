@@ -20,7 +20,6 @@ client, and every stable pod stops mirroring.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import subprocess
@@ -34,12 +33,13 @@ from typing import Any
 
 import pytest
 
-from cluster_proxy import PodProxy, metrics_port
+from cluster_proxy import PodProxy, is_ready, metrics_port
 from cluster_services import NetnsLoad, ServiceProxy, unavailable
 from modelship_operator.kube import Kube
 from test_e2e import MD, Env, free_port, install_crd
-from test_e2e_cluster import (NAME, POD_START, _deployments, _events, _md, _proxy_call, _ready_pods, _set_model,
-                              _skip_without_cluster)
+from test_e2e_cluster import (INSTANCE, NAME, POD_START, REVISION, _deployments, _events, _md, _proxy_call,
+                              _ready_pods, _set_model, _skip_without_cluster)
+from test_e2e_header_routes import httproute_crd
 
 pytestmark = pytest.mark.cluster
 
@@ -118,9 +118,10 @@ def shadow(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         e.wait_live()
         yield e
     finally:
-        load = e.shared.pop("load", None)
-        if load is not None:
-            print(f"client load, final counts: {load.stop()}")
+        for key in ("load", "gw_load"):
+            load = e.shared.pop(key, None)
+            if load is not None:
+                print(f"client load {key}, final counts: {load.stop()}")
         if services is not None:
             services.stop()
         if e.process is not None and e.process.poll() is None:
@@ -130,6 +131,8 @@ def shadow(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             except Exception:
                 e.process.kill()
         e.call(lambda k: k.delete("v1", "Namespace", None, e.namespace))
+        if crd := e.shared.get("installed_httproute_crd"):
+            e.call(lambda k: k.delete("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, crd))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -407,6 +410,106 @@ def test_a_shadow_canary_that_disagrees_is_aborted_and_the_stable_stops_mirrorin
           f"{canary.get('abortReason')}; analysis {analysis}; "
           f"events {[(e['reason'], e['message']) for e in warnings]}; "
           f"clients meanwhile {clients}")
+
+
+GW = "digits-gw"  # the gateway-mode ModelDeployment beside NAME
+HTTPROUTE = ("gateway.networking.k8s.io/v1", "HTTPRoute")
+
+
+def _gw_pods(env: Env, revision: str) -> list[dict]:
+    pods = env.call(lambda k: k.list("v1", "Pod", env.namespace, {INSTANCE: GW, REVISION: revision}))
+    return [p for p in pods if is_ready(p)]
+
+
+def test_in_gateway_mode_the_shadow_goes_through_the_role_service_and_the_route_gives_the_canary_nothing(
+        shadow: Env) -> None:
+    """The other traffic mode (issue 13: "in both traffic modes, no mesh needed"): with an
+    HTTPRoute CRD served (no Gateway controller runs here: the stored route is checked), the
+    stable pods mirror through the canary role Service too, the route's canary weight stays 0,
+    clients of the `<name>` Service (the stable only, in gateway mode) see no canary answer,
+    and the agreeing canary is promoted after [shadow 100% 12s]."""
+    env = shadow
+    crd = httproute_crd()
+    # a real API server wants this for a *.k8s.io group (Gateway API's own CRDs carry it)
+    crd["metadata"]["annotations"] = {"api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api"}
+    if env.call(lambda k: k.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None,
+                                crd["metadata"]["name"])) is None:
+        env.call(lambda k: k.create(crd))
+        env.shared["installed_httproute_crd"] = crd["metadata"]["name"]  # removed at teardown
+    body = md_body(env.namespace, "1.0.0", "v1")
+    body["metadata"]["name"] = GW
+    body["spec"]["rollout"].update(traffic="gateway", gateway={"parentRefs": [{"name": "gw"}]},
+                                   steps=[{"shadow": {"percent": 100, "duration": f"{SHADOW_DURATION:g}s"}}])
+
+    async def created(k: Kube) -> bool:  # the operator's discovery may lag the new CRD: the MD waits
+        return await k.served("gateway.networking.k8s.io", "v1", "httproutes")
+
+    env.eventually(created, "the HTTPRoute kind served", timeout=30)
+    env.call(lambda k: k.create(body))
+
+    async def state(k: Kube) -> dict:
+        return (await k.get(*MD, env.namespace, GW) or {}).get("status") or {}
+
+    async def healthy(k: Kube) -> dict | None:
+        status = await state(k)
+        return status if status.get("phase") == "Healthy" and status.get("trafficMode") == "gateway" else None
+
+    status = env.eventually(healthy, "the gateway-mode first revision Healthy", timeout=POD_START)
+    v1 = status["stable"]["hash"]
+    ip = _cluster_ip(env, GW)
+    services: ServiceProxy = env.shared["services"]
+    services.wait_for(ip, SERVER_PORT, backends=2, timeout=60)
+    load = env.shared["gw_load"] = NetnsLoad(f"http://{ip}:{SERVER_PORT}/predict", env.shared["rows"], RPS,
+                                             env.shared["tmp"]).start()
+    env.call(lambda k: k.patch(*MD, env.namespace, GW, {"spec": {"model": {"version": "2.0.0",
+                                                                           "uri": _model_uri("v2")}}}))
+
+    async def shadowing(k: Kube) -> dict | None:
+        status = await state(k)
+        canary = status.get("canary") or {}
+        return status if canary.get("hash") and canary["hash"] != v1 and canary.get("shadowPercent") == 100 else None
+
+    status = env.eventually(shadowing, "the gateway-mode v2 canary shadowing 100 %", timeout=POD_START)
+    shadow_seen = time.time()
+    v2 = status["canary"]["hash"]
+    first_window = (status["canary"].get("analysis") or {}).get("lastTime")
+    shadow_until = max(_epoch(status["canary"]["stepStartedAt"]) + SHADOW_DURATION,
+                       _epoch(first_window) + 2 * INTERVAL if first_window else 0) - 1
+    route = env.call(lambda k: k.get(*HTTPROUTE, env.namespace, GW)) or {}
+    weights = {b["name"]: b.get("weight") for rule in route["spec"]["rules"] for b in rule.get("backendRefs") or ()}
+    assert weights.get(f"{GW}-canary") == 0 and weights.get(f"{GW}-stable") == 100, weights
+
+    canary_ip = _cluster_ip(env, f"{GW}-canary")
+    stable_pods = _gw_pods(env, v1)
+
+    def mirroring() -> list[dict] | None:
+        async def read(proxy: PodProxy) -> list[dict[str, Any]]:
+            return list(await asyncio.gather(*(_pod_view(proxy, env, p) for p in stable_pods)))
+        views = _proxy_call(env, read)
+        ok = all(v["shadow"].get("url") == f"http://{canary_ip}:{SERVER_PORT}" and v["shadow"].get("percent") == 100
+                 and _revision_total(v["metrics"], "modelship_shadow_rows_total", v2) > 0 for v in views)
+        return views if ok else None
+
+    views = _wait(env, mirroring, "the gateway-mode stable pods mirroring with compared rows", timeout=60)
+    canary_ips = {p["status"]["podIP"] for p in _gw_pods(env, v2)}
+    through = {k: n for k, n in services.connections().items() if k.startswith(f"{canary_ip}:{SERVER_PORT}>")}
+    assert through and {k.split(">")[1].split(":")[0] for k in through} <= canary_ips, through
+
+    async def promoted(k: Kube) -> dict | None:
+        status = await state(k)
+        done = (status.get("stable") or {}).get("hash") == v2 and not (status.get("canary") or {}).get("hash")
+        return status if done else None
+
+    status = env.eventually(promoted, "the gateway-mode v2 canary promoted", timeout=180)
+    during = _delta(load.counts_at(shadow_until), load.counts_at(shadow_seen))
+    assert sum(during["codes"].values()) >= 10, during
+    assert set(during["codes"]) == {"200"} and set(during["versions"]) == {"1.0.0"}, during
+    rows = sum(_revision_total(v["metrics"], "modelship_shadow_rows_total", v2) for v in views)
+    route = env.call(lambda k: k.get(*HTTPROUTE, env.namespace, GW)) or {}
+    final = {b["name"]: b.get("weight") for rule in route["spec"]["rules"] for b in rule.get("backendRefs") or ()}
+    print(f"gateway mode: route weights during the shadow step {weights}, after the promotion {final}; {rows:g} rows "
+          f"compared by then; clients during the shadow step {during}; promoted {time.time() - shadow_seen:.1f} s "
+          f"after the shadow was seen")
 
 
 def test_operator_log_has_no_errors(shadow: Env) -> None:
