@@ -13,9 +13,11 @@ cluster would. The tests read pods only through the API server's pod proxy.
 
 In file order: the first version serves through its Service; a rollout to v2 (which agrees
 with v1 on most inputs) shadows, answers no client request, then takes its share at weight 50
-while the stable stops mirroring, and is promoted; a rollout to `bad`
-(which disagrees on every input) is aborted for disagreement while the stable answers every
-client, and every stable pod stops mirroring.
+while the stable stops mirroring, and is promoted; a rollout to `bad` (which disagrees on every
+input) is aborted for disagreement while the stable answers every client, and every stable pod
+stops mirroring; then a second ModelDeployment in gateway mode (an HTTPRoute CRD installed if
+absent, no Gateway controller) shadows through its role Service with the route's canary weight
+at 0 and is promoted.
 """
 from __future__ import annotations
 
