@@ -8,6 +8,10 @@ A child changed by anyone but us (the deployment controller reporting readiness,
 scale`, a patched Service, a deletion) reconciles the ModelDeployment named in its controller
 ownerReference within moments: one reconcile per owner at a time, later changes coalesced
 into one more. Our own writes do not come back as changes (the cache already holds them).
+
+A ModelDeployment changed by anyone but us (created, its spec or annotations edited, deleted)
+is handed to `on_model_deployment` once the cache holds that change, so the reconcile it
+starts reads at least that version from the cache (kopf's own watch could run ahead of it).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ log = logging.getLogger(__name__)
 
 COALESCE_S = 0.2  # a Deployment rolling out reports many status changes in quick succession
 ReconcileOwner = Callable[[str, str, str], Awaitable[Any]]  # (namespace, name, trigger)
+ModelDeploymentChanged = Callable[[str, dict[str, Any]], None]  # (ADDED|MODIFIED|DELETED, object)
 
 
 def owner_of(obj: dict[str, Any]) -> tuple[str, str] | None:
@@ -44,12 +49,15 @@ class OwnerTrigger:
     """Reconciles the owner of a changed child; at most one pending run per owner."""
 
     reconcile_owner: ReconcileOwner
+    on_model_deployment: ModelDeploymentChanged | None = None
     pending: set[tuple[str, str]] = field(default_factory=set)
     tasks: set[asyncio.Task] = field(default_factory=set)
 
     def __call__(self, kind: str, event_type: str, obj: dict[str, Any]) -> None:
         if kind == KIND:
-            return  # kopf handles the ModelDeployments themselves
+            if self.on_model_deployment is not None:
+                self.on_model_deployment(event_type, obj)
+            return
         owner = owner_of(obj)
         if owner is None or owner in self.pending:
             return
@@ -88,9 +96,10 @@ class Watches:
                  extra={"requests": dict(self.cache.kube.requests)})
 
 
-async def start(kube: Kube, namespaces: tuple[str, ...], reconcile_owner: ReconcileOwner) -> Watches:
+async def start(kube: Kube, namespaces: tuple[str, ...], reconcile_owner: ReconcileOwner,
+                on_model_deployment: ModelDeploymentChanged | None = None) -> Watches:
     """Cache the ModelDeployments and their children for `kube` and wait for the first LISTs."""
-    trigger = OwnerTrigger(reconcile_owner)
+    trigger = OwnerTrigger(reconcile_owner, on_model_deployment)
     ours = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
     cache = WatchCache(kube, namespaces=tuple(namespaces) or (None,), on_change=trigger,
                        label_selectors={(api_version, kind): ours for api_version, kind, _ in CHILD_KINDS})

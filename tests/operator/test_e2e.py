@@ -413,7 +413,7 @@ def test_restarted_operator_resumes_without_writing(env: Env) -> None:
     env.wait_live()
 
     def resumed() -> bool:
-        return any("Resuming is processed" in line.get("message", "") for line in env.log_lines())
+        return any(line.get("message", "").startswith("resumed: ") for line in env.log_lines())
 
     deadline = time.monotonic() + 30
     while not resumed() and time.monotonic() < deadline:

@@ -33,10 +33,10 @@ def used() -> dict[Triple, str]:
     """(group, resource, verb) -> where the operator's code needs it."""
     table: dict[Triple, str] = {
         ("modelship.dev", "modeldeployments", "get"): "runtime/reconciler.py reads the object before a reconcile",
-        ("modelship.dev", "modeldeployments", "list"): "runtime/operator.py resync; kopf's initial list",
-        ("modelship.dev", "modeldeployments", "watch"): "kopf watches the custom resource",
-        ("modelship.dev", "modeldeployments", "patch"): "kopf's last-handled annotation; reconcile removes consumed "
-                                                        "action annotations (JSON patch on metadata)",
+        ("modelship.dev", "modeldeployments", "list"): "watch cache (caches.py): LIST; resync and resume",
+        ("modelship.dev", "modeldeployments", "watch"): "watch cache (caches.py): a change reconciles the object",
+        ("modelship.dev", "modeldeployments", "patch"): "reconcile removes consumed action annotations "
+                                                        "(JSON patch on metadata)",
         ("modelship.dev", "modeldeployments/status", "patch"): "reconcile writes status (merge patch)",
         ("modelship.dev", "modeldeployments/finalizers", "update"): "children's ownerReference has blockOwnerDeletion "
                                                                     "(OwnerReferencesPermissionEnforcement)",

@@ -1,20 +1,20 @@
-"""The kopf wiring, thin: kopf tells us what changed, the scheduler decides when to reconcile.
+"""The kopf wiring, thin: kopf runs the process (login, startup and cleanup, the liveness
+endpoint, signals); it has no resource handlers.
 
-- create / update / resume of a ModelDeployment → `scheduler.enqueue` (the handler returns at
-  once; the scheduler reconciles when a slot is free and retries failures itself, with back-off,
-  so kopf never retries and writes no progress annotations).
-- children are watched by the watch caches (caches.py, started by Runtime.start): a change to
-  any child reconciles its owner within moments, instead of at the next resync.
-- a deleted ModelDeployment → forget its wake-up, back-off state and analysis baselines.
+The ModelDeployments are watched by our own watch cache (caches.py, started by Runtime.start):
+a created or changed one goes to `scheduler.enqueue` once the cache holds that version (so the
+reconcile never reads an older object than the one that triggered it), a deleted one has its
+wake-up, back-off state and analysis baselines forgotten, and at start every object is enqueued
+once (what kopf's resume handlers did). Children are watched the same way: a change to any
+child reconciles its owner within moments.
 
-Quiet steady state: kopf only calls create/update handlers when the object's essence (spec,
-labels, annotations) changes, our handlers return nothing (nothing goes into status), kopf's
-own handler-success events are switched off (posting level WARNING), and the periodic resync
-is the scheduler's task rather than a kopf timer (kopf timers and daemons add a finalizer).
-kopf keeps its state in annotations only (never in status): `kopf.zalando.org/last-handled-
-configuration` is written once per handled change. No finalizer is ever added (no on.delete
-handler, no timers/daemons): ownerReferences let the garbage collector remove the children.
-kopf runs standalone: which instance acts is decided by the Lease (leader.py) before kopf starts.
+Why not kopf's on.create / on.update / on.resume: kopf keeps a second watch of every
+ModelDeployment beside the cache and writes its `kopf.zalando.org/last-handled-configuration`
+annotation once per new or changed object (1,000 new objects: 1,000 more PATCHes and their
+watch events); its event could also run ahead of the cache the reconcile reads. kopf writes
+nothing to our objects now: no annotations, no finalizer (ownerReferences let the garbage
+collector remove the children), no status. kopf runs standalone: which instance acts is
+decided by the Lease (leader.py) before kopf starts.
 """
 from __future__ import annotations
 
@@ -25,29 +25,24 @@ from typing import TYPE_CHECKING, Any
 import kopf
 
 from ..settings import Settings
-from ..spec import GROUP, PLURAL, VERSION
 
 if TYPE_CHECKING:
     from .operator import Runtime
 
 
 def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
-    """kopf's own behaviour, tuned for a quiet, finalizer-free operator."""
+    """kopf's own behaviour, tuned for a quiet operator that only hosts our runtime."""
     ks = kopf.OperatorSettings()
-    ks.posting.level = logging.WARNING  # no "Handler succeeded" events on every change
+    ks.posting.level = logging.WARNING  # no "Activity succeeded" events
     ks.posting.reporting_component = settings.field_manager
-    # kopf keeps its bookkeeping in annotations only: status belongs to reconcile
-    # (and the CRD's structural schema would prune a status.kopf stanza anyway).
+    # No resource handlers, so kopf stores nothing; were one added, its bookkeeping would go
+    # to annotations (status belongs to reconcile, and the structural schema prunes status.kopf).
     ks.persistence.progress_storage = kopf.AnnotationsProgressStorage()
     ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage()
     ks.peering.standalone = True  # the Lease, not kopf peering, keeps a second instance idle
     ks.watching.server_timeout = 300  # the API server closes watches; kopf reconnects
     ks.watching.client_timeout = 330
     ks.networking.request_timeout = 30
-    # kopf's per-object workers at once: each only enqueues a key and patches kopf's annotation,
-    # so a few keep up; unbounded, a burst of 1,000 new objects runs 1,000 workers and their
-    # annotation patches at once (the operator's peak memory).
-    ks.batching.worker_limit = 32
     return ks
 
 
@@ -73,21 +68,6 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.cleanup(registry=registry, id="cleanup")
     async def cleanup(**_: Any) -> None:
         await rt.stop()
-
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-resume")
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-create")
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="reconcile-update")
-    async def on_change(body: kopf.Body, **_: Any) -> None:
-        # Hand the key over and return: awaiting the reconcile would keep kopf's per-object
-        # worker and its event body alive while it waits for a reconcile slot (1,000 new
-        # objects: 1,000 bodies held). The reconcile reads the object when its turn comes.
-        rt.scheduler.enqueue(body.metadata.namespace, body.metadata.name, "change")
-
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="forget-deleted",
-                   when=lambda type, **_: type == "DELETED")
-    async def on_md_deleted(body: kopf.Body, **_: Any) -> None:
-        # Not an on.delete handler: that would add a finalizer.
-        rt.forget(body.metadata.namespace, body.metadata.name, body.metadata.uid)
 
     return registry
 

@@ -45,6 +45,7 @@ class Runtime:
     reconciler: Reconciler = field(init=False)
     scheduler: Scheduler = field(init=False)
     watches: caches.Watches | None = None
+    _resume_task: asyncio.Task | None = None
 
     def __post_init__(self) -> None:
         if self.kube is None:
@@ -73,12 +74,34 @@ class Runtime:
         if uid:
             self.reconciler.memory.forget(uid)
 
+    def model_deployment_changed(self, event_type: str, obj: dict) -> None:
+        """Someone else created, changed or deleted a ModelDeployment, and the watch cache holds
+        it: reconcile it (the workqueue coalesces), or forget a deleted one."""
+        meta = obj.get("metadata") or {}
+        namespace, name = meta.get("namespace") or "", meta.get("name") or ""
+        if event_type == "DELETED":
+            self.forget(namespace, name, meta.get("uid"))
+        else:
+            self.scheduler.enqueue(namespace, name, event_type.lower())
+
     async def start(self) -> None:
-        # Reads from watch caches; a change to any child reconciles its owner (caches.py).
-        self.watches = await caches.start(self.kube, self.settings.namespaces, self.scheduler.run)
+        # Reads from watch caches; a change to any child reconciles its owner, a change to a
+        # ModelDeployment reconciles it (caches.py). Then every object once (resume): what
+        # changed while no operator ran.
+        self.watches = await caches.start(self.kube, self.settings.namespaces, self.scheduler.run,
+                                          self.model_deployment_changed)
+        self._resume_task = asyncio.create_task(self._resume(), name="modelship-resume")
         self.scheduler.start()
 
+    async def _resume(self) -> None:
+        keys = await self.list_objects()
+        await asyncio.gather(*(self.scheduler.run(namespace, name, "resume") for namespace, name in keys))
+        log.info("resumed: %d ModelDeployments reconciled", len(keys))
+
     async def stop(self) -> None:
+        if self._resume_task is not None:
+            self._resume_task.cancel()
+            await asyncio.gather(self._resume_task, return_exceptions=True)
         await self.scheduler.stop()
         if self.watches is not None:
             await self.watches.stop()

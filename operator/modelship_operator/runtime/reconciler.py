@@ -64,6 +64,19 @@ class Reconciler:
                                                                   str(meta.get("uid")), selector))
         return (meta.get("uid"), meta.get("resourceVersion"), tuple(served.values()), tuple(children))
 
+    async def _changed_meanwhile(self, body: Mapping[str, Any], cleared: list[str]) -> bool:
+        """Whether the object's spec, labels or annotations (but for the action annotations this
+        reconcile removed) are no longer those of `body`."""
+        meta = body.get("metadata") or {}
+        now = await self.kube.get(API_VERSION, KIND, meta.get("namespace"), meta.get("name"))
+        if now is None:
+            return False
+
+        def essence(m: Mapping[str, Any]) -> tuple:
+            annotations = {k: v for k, v in (m.get("annotations") or {}).items() if k not in cleared}
+            return m.get("generation"), m.get("labels") or {}, annotations
+        return essence(now.get("metadata") or {}) != essence(meta)
+
     async def __call__(self, namespace: str, name: str, trigger: str) -> float | None:
         """Reconcile the object; seconds until it wants another reconcile (None: nothing timed).
 
@@ -89,6 +102,10 @@ class Reconciler:
         if inputs is not None and not result.wrote and result.requeue_after is None and not result.error \
                 and result.analysis is None:
             self.settled[key] = (inputs, self.monotonic())
+        if (result.status_written or result.cleared) and await self._changed_meanwhile(body, result.cleared):
+            # Someone changed the object while our write was under way: the watch event of that
+            # change is folded into our write's answer, so nothing else would reconcile it.
+            result.requeue_after = 0.0
         level = logging.WARNING if result.error else logging.INFO if result.wrote else logging.DEBUG
         log.log(level, "reconciled %s/%s (%s): phase=%s applied=%s pruned=%s status_written=%s events=%s%s",
                 namespace, name, trigger, result.phase, result.applied, result.pruned, result.status_written,
