@@ -21,6 +21,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -311,6 +312,24 @@ class FeedbackStore:
             self._drop(rid, entries.popitem(last=False)[1], now, self._too_old)
         max_entries, max_rows, max_remembered = self.max_entries, self._max_rows, self.max_remembered
         rows, size, evicted = self._rows, self._bytes, 0
+        excess = len(entries) - max_entries
+        if excess > 0 and size <= max_bytes:
+            # Full by count (every recorded prediction once the store has filled): the oldest
+            # `excess` go in one step, exactly as the loop below would take them. No step can
+            # grow `size` (an entry's bytes include its id's), so with size within the budget
+            # every evicted id is remembered; the loop then goes on only if rows still exceed.
+            popitem = entries.popitem
+            old = [popitem(False) for _ in range(excess)]
+            for rid, entry in old:
+                p = entry[_PREDICTIONS]
+                rows -= 1 if type(p) is int else len(p)
+                size += ENTRY_OVERHEAD + len(rid) - entry[_BYTES]
+            evicted = excess
+            # not in `gone`: ids are filed only when unknown there
+            gone.update(zip([rid for rid, _ in old], repeat((now, STORE_FULL))))
+            for _ in range(len(gone) - max_remembered):
+                rid, _ = gone.popitem(last=False)
+                size -= ENTRY_OVERHEAD + len(rid)
         while entries and (len(entries) > max_entries or rows > max_rows or size > max_bytes):
             rid, entry = entries.popitem(last=False)  # the oldest: arrival order is age order
             p = entry[_PREDICTIONS]

@@ -146,6 +146,34 @@ def test_rows_bound() -> None:
     assert len(store) == 3
 
 
+def test_count_and_rows_bounds_in_one_filing_match_filing_one_by_one() -> None:
+    """A filing that passes the entry bound and then the rows bound evicts exactly what
+    filing each prediction on its own does: the oldest first, every evicted id remembered."""
+
+    def fill(store: FeedbackStore, one_by_one: bool) -> None:
+        for i in range(10):
+            store.record(f"r{i}", np.full(5, i, dtype=np.int64))  # 50 rows
+            if one_by_one:
+                len(store)  # files the intake
+        for i in range(54):
+            store.record(f"i{i}", i % 10)
+            if one_by_one:
+                len(store)
+
+    batched = FeedbackStore(ttl_seconds=3600, max_entries=40, max_rows=30, clock=Clock())
+    single = FeedbackStore(ttl_seconds=3600, max_entries=40, max_rows=30, clock=Clock())
+    fill(batched, one_by_one=False)  # 64 records: filed in one go
+    fill(single, one_by_one=True)
+    for store in (batched, single):
+        stats = store.stats()
+        assert (len(store), stats.pending_rows, stats.evicted, stats.remembered) == (30, 30, 34, 34)
+        assert stats.bytes == single.stats().bytes
+        for rid in [f"r{i}" for i in range(10)] + [f"i{i}" for i in range(24)]:
+            result = store.feedback(rid, [0])
+            assert result.outcome == "expired" and "store full" in result.message, rid
+        assert store.feedback("i24", [4]).matched and store.feedback("i53", [3]).matched
+
+
 def test_memory_bounded_under_a_flood() -> None:
     clock = Clock()
     store = FeedbackStore(ttl_seconds=300, max_entries=1000, clock=clock)
