@@ -200,7 +200,10 @@ class FeedbackStore:
         """Remember a request's predictions: [rows] labels/values, or [rows, outputs] (regression).
 
         A one-row integer class may be passed as a plain int (no array at all)."""
-        payload, size = compact_predictions(predictions, self._classification, self._byte_classes)
+        if type(predictions) is int:  # the server's one-row classes: nothing to copy
+            payload, size = predictions, 0
+        else:
+            payload, size = compact_predictions(predictions, self._classification, self._byte_classes)
         intake = self._intake
         intake.append((request_id, self._clock(), payload, size + ENTRY_OVERHEAD + len(request_id)))
         if len(intake) >= _INTAKE_BATCH:
