@@ -45,7 +45,22 @@ def intent(md: ModelDeployment) -> dict[str, Any]:
 
 def intent_hash(md: ModelDeployment) -> str:
     """10 hex chars over `intent(md)`: the name a new revision gets."""
-    return hashlib.sha256(canonical_json(intent(md)).encode()).hexdigest()[:10]
+    spec = md.spec
+    held = _HASHES.get(id(spec))
+    if held is not None and held[0] is spec:
+        return held[1]
+    digest = hashlib.sha256(canonical_json(intent(md)).encode()).hexdigest()[:10]
+    _HASHES[id(spec)] = (spec, digest)
+    if len(_HASHES) > _HASHES_KEPT:
+        del _HASHES[next(iter(_HASHES))]  # the oldest
+    return digest
+
+
+# intent_hash of the last few parsed specs, by identity (a spec is frozen): one reconcile plans
+# twice and asks for its hash several times each, and dumping the spec is most of the cost.
+# The spec object is held with its hash, so an id reused by a newer object never matches.
+_HASHES: dict[int, tuple[ModelDeploymentSpec, str]] = {}
+_HASHES_KEPT = 64
 
 
 def revision_hash(md: ModelDeployment, settings: Settings) -> str:
