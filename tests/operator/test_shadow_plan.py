@@ -200,6 +200,30 @@ def test_shadow_pods_not_ready_hold_the_step_and_start_no_mirror() -> None:
     assert "not Ready within readyTimeout" in w.status["canary"]["abortReason"]
 
 
+def test_the_shadow_duration_counts_from_when_its_pods_are_ready_not_from_the_step_start() -> None:
+    """Slow pods (a GPU model loading) must not eat the shadow: 2m of mirroring, not 2m of step."""
+    w = deployed_shadow()
+    w.ready_limit = {"canary": 0}
+    start_canary(w)
+    started = w.status["canary"]["stepStartedAt"]
+    assert "shadowSince" not in w.status["canary"]
+    w.now += timedelta(seconds=90)  # the canary pods start
+    w.ready_limit = {}
+    w.settle()
+    canary = w.status["canary"]
+    assert canary["shadowSince"] > started and canary["shadowPercent"] == 20
+    assert canary["holdReason"].startswith("shadowing 20% until")
+    # two passing windows and 2m after the step began, but only 60 s after mirroring began: held
+    assert measure(w, "pass") == ["AnalysisPassed"]
+    assert measure(w, "pass") == ["AnalysisPassed"]
+    assert w.status["canary"]["step"] == 0
+    assert w.status["canary"]["holdReason"].startswith("shadowing 20% until")
+    # the duration is up 2m after the pods were ready: the next window ends the step
+    w.now += timedelta(seconds=60)
+    assert measure(w, "pass") == ["AnalysisPassed", "RolloutStep"]
+    assert w.status["canary"]["step"] == 1 and "shadowSince" not in w.status["canary"]
+
+
 def test_a_rollout_without_shadow_steps_pushes_nothing() -> None:
     w = World(spec())
     w.settle()

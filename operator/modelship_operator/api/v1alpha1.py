@@ -856,6 +856,9 @@ class CanaryStatus:
     pod_restarts: dict[str, Int32] | None = F("restartCount of each live canary pod at the last look.", None)
     unready_since: Annotated[str, OA(format="date-time")] | None = F(
         "Since when fewer canary pods are Ready than the step needs (readyTimeout counts from here).", None)
+    shadow_since: Annotated[str, OA(format="date-time")] | None = F(
+        "When the canary pods became ready to shadow at the current shadow step: its duration counts from here "
+        "(not from stepStartedAt, which includes the pods' start).", None)
     actions: tuple[Annotated[str, OA(maxLength=1024, description="One action: annotation=value.")], ...] = F(
         "Manual actions (annotation=value) acted on whose annotation is still present: not acted on again.", ())
     header_routes: tuple[Annotated[str, OA(maxLength=63, description="One route name.")], ...] = F(

@@ -24,7 +24,8 @@ from .values import as_int, canonical_json
 
 STABLE_RECORD_KEYS = ("revision", "hash", "version", "uri", "spec", "image")
 CANARY_RECORD_KEYS = ("revision", "hash", "version", "uri", "step", "stepStartedAt", "aborted", "abortReason",
-                      "analysis", "actions", "heldReason", "restarts", "podRestarts", "unreadySince", "seq")
+                      "analysis", "actions", "heldReason", "restarts", "podRestarts", "unreadySince", "shadowSince",
+                      "seq")
 
 
 def stable_record(entry: Mapping[str, Any]) -> str:

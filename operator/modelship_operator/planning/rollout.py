@@ -75,6 +75,7 @@ class Progress:
     restarts: int = 0  # container restarts of canary pods since the canary started
     pod_restarts: Mapping[str, int] = field(default_factory=dict)  # restartCount per live canary pod
     unready_since: str | None = None  # since when fewer canary pods are ready than the step needs
+    shadow_since: str | None = None  # since when the canary pods are ready to shadow at this step
     seq: int = 0  # counts changes of the recorded state: the newer of status and record wins
 
     @classmethod
@@ -96,6 +97,7 @@ class Progress:
             restarts=as_int(canary.get("restarts")),
             pod_restarts={str(k): as_int(v) for k, v in restarts.items()} if isinstance(restarts, Mapping) else {},
             unready_since=canary.get("unreadySince") if isinstance(canary.get("unreadySince"), str) else None,
+            shadow_since=canary.get("shadowSince") if isinstance(canary.get("shadowSince"), str) else None,
             seq=as_int(canary.get("seq")),
         )
 
@@ -257,7 +259,7 @@ def advance(
 
     def next_step(to: int) -> None:
         nonlocal p
-        p = dataclasses.replace(p, step=to, step_started_at=stamp, held=None,
+        p = dataclasses.replace(p, step=to, step_started_at=stamp, held=None, shadow_since=None,
                                 analysis=new_step_window(p.analysis, stamp, p.restarts))
 
     # Manual actions first: they are explicit user intent for this moment. Each acts once.
@@ -312,6 +314,8 @@ def advance(
         short = wanted > 0 and not ready_at(wanted)
         if shadow_percent(steps, p.step) is not None:  # a shadow step needs its shadow pods ready
             short = not (shadow_ready or ready_at)(shadow_percent(steps, p.step) or 0)
+            if not short and p.shadow_since is None:  # mirroring starts now: the duration counts from here
+                p = dataclasses.replace(p, shadow_since=stamp)
         since = (p.unready_since or stamp) if short else None
         p = dataclasses.replace(p, unready_since=since)
         started = parse_time(since)
@@ -385,8 +389,8 @@ def advance(
                 done = header_routes_unavailable is None
                 if not done:
                     paused, holding = True, f"{header_routes_unavailable}; promote to skip this step, or abort"
-            elif s.shadow is not None:  # its duration, its pods ready and its passing windows
-                started = parse_time(p.step_started_at) or now
+            elif s.shadow is not None:  # its duration (from when its pods were ready), its pods ready, its windows
+                started = parse_time(p.shadow_since) or now
                 end = started + timedelta(seconds=s.shadow.seconds)
                 ready = (shadow_ready or ready_at)(s.shadow.percent)
                 done = ready and now >= end and evidence

@@ -103,6 +103,7 @@ def canary_status(rev: RevisionPlan, progress: Progress, *, effective: int, weig
         status["abortReason"] = progress.abort_reason
     optional = {"actions": list(progress.actions), "heldReason": progress.held,
                 "podRestarts": dict(progress.pod_restarts), "unreadySince": progress.unready_since,
+                "shadowSince": progress.shadow_since,
                 "holdReason": None if progress.aborted else holding}
     status.update({k: v for k, v in optional.items() if v})
     return status
