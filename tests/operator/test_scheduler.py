@@ -322,3 +322,41 @@ def test_stop_cancels_enqueued_runs() -> None:
         assert [n for _, n, _ in objects.calls] == ["a"] and scheduler._queue_tasks == set()
 
     asyncio.run(go())
+
+
+def test_waiting_runs_get_a_slot_by_priority_then_in_order() -> None:
+    """With every slot taken, a change to an object itself (URGENT) goes before follow-ups of
+    children's status and resyncs (FOLLOW_UP) that waited longer; each class in arrival order.
+    A waiter cancelled meanwhile is skipped and its slot goes on."""
+    async def go() -> None:
+        from modelship_operator.runtime.scheduler import FOLLOW_UP, URGENT
+        gate = asyncio.Event()
+        order: list[str] = []
+
+        async def reconcile(namespace: str, name: str, trigger: str) -> float | None:
+            order.append(name)
+            if name == "busy":
+                await gate.wait()
+            return None
+
+        async def no_objects() -> list[tuple[str, str]]:
+            return []
+        scheduler = Scheduler(reconcile, no_objects, concurrency=1)
+        busy = asyncio.create_task(scheduler.run(NS, "busy", "added"))
+        await settle()
+        runs = [asyncio.create_task(scheduler.run(NS, name, trigger, priority))
+                for name, trigger, priority in (("f1", "deployment f1 modified", FOLLOW_UP),
+                                                ("f2", "resync", FOLLOW_UP),
+                                                ("gone", "added", URGENT),
+                                                ("u1", "added", URGENT),
+                                                ("u2", "modified", URGENT))]
+        await settle()
+        runs[2].cancel()  # deleted meanwhile, say: its place in the queue is skipped
+        await settle()
+        gate.set()
+        await asyncio.gather(busy, *runs, return_exceptions=True)
+        assert order == ["busy", "u1", "u2", "f1", "f2"]
+        assert scheduler._slots is not None and scheduler._slots.free == 1  # every slot back
+        await scheduler.stop()
+
+    asyncio.run(go())

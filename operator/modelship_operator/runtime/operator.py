@@ -23,7 +23,7 @@ from ..spec import API_VERSION, KIND
 from .kopf_wiring import run_kopf
 from .leader import LeaderElector, LeaseConfig
 from .reconciler import Reconciler, utcnow
-from .scheduler import Key, Scheduler
+from .scheduler import FOLLOW_UP, Key, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,11 @@ class Runtime:
         if uid:
             self.reconciler.memory.forget(uid)
 
+    async def child_changed(self, namespace: str, name: str, trigger: str) -> bool:
+        """A child of this ModelDeployment changed (its controller's status, someone's edit): a
+        follow-up, after the runs for objects that were themselves created or changed."""
+        return await self.scheduler.run(namespace, name, trigger, FOLLOW_UP)
+
     def model_deployment_changed(self, event_type: str, obj: dict) -> None:
         """Someone else created, changed or deleted a ModelDeployment, and the watch cache holds
         it: reconcile it (the workqueue coalesces), or forget a deleted one."""
@@ -88,14 +93,14 @@ class Runtime:
         # Reads from watch caches; a change to any child reconciles its owner, a change to a
         # ModelDeployment reconciles it (caches.py). Then every object once (resume): what
         # changed while no operator ran.
-        self.watches = await caches.start(self.kube, self.settings.namespaces, self.scheduler.run,
+        self.watches = await caches.start(self.kube, self.settings.namespaces, self.child_changed,
                                           self.model_deployment_changed)
         self._resume_task = asyncio.create_task(self._resume(), name="modelship-resume")
         self.scheduler.start()
 
     async def _resume(self) -> None:
         keys = await self.list_objects()
-        await asyncio.gather(*(self.scheduler.run(namespace, name, "resume") for namespace, name in keys))
+        await asyncio.gather(*(self.scheduler.run(namespace, name, "resume", FOLLOW_UP) for namespace, name in keys))
         log.info("resumed: %d ModelDeployments reconciled", len(keys))
 
     async def stop(self) -> None:

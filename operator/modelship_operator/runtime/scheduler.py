@@ -9,6 +9,8 @@ for that object alone; the resync loop and the wake-ups never die of it. Only ca
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import random
 import weakref
@@ -36,6 +38,43 @@ def backoff_delay(failures: int, *, base: float, cap: float, rng: random.Random)
     return raw / 2 + rng.random() * raw / 2
 
 
+# Priorities of a run waiting for a slot (lower first): a change to the object itself (created,
+# edited), its timed wake-ups and retries go before follow-ups of its children's status and
+# resyncs. 1,000 objects created together: each gets its children and first status before the
+# reconciles that follow the controllers' status updates of the first ones' children.
+URGENT, FOLLOW_UP = 0, 1
+
+
+class Slots:
+    """A semaphore whose waiters are served by priority, then in arrival order."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiters: list[tuple[int, int, asyncio.Future]] = []
+        self._order = itertools.count()
+
+    async def acquire(self, priority: int) -> None:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._order), future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # handed a slot just as we were cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():  # a cancelled waiter is skipped
+                future.set_result(None)  # the slot goes straight to the next waiter
+                return
+        self.free += 1
+
+
 @dataclass
 class Scheduler:
     reconcile: ReconcileFn
@@ -60,7 +99,7 @@ class Scheduler:
     failures: dict[Key, int] = field(default_factory=dict)  # consecutive failures per object
     _resync_task: asyncio.Task | None = None
     _locks: weakref.WeakValueDictionary = field(default_factory=weakref.WeakValueDictionary)
-    _slots: asyncio.Semaphore | None = None
+    _slots: Slots | None = None
     # Objects with a run asked for by `enqueue` that has not started yet (at most one each).
     _queued: set[Key] = field(default_factory=set)
     _queue_tasks: set[asyncio.Task] = field(default_factory=set)
@@ -74,9 +113,10 @@ class Scheduler:
             self._locks[key] = lock
         return lock
 
-    async def run(self, namespace: str, name: str, trigger: str) -> bool:
-        """Reconcile the object now, after any reconcile of it in flight. Never raises (except
-        on cancellation); True when the reconcile succeeded."""
+    async def run(self, namespace: str, name: str, trigger: str, priority: int = URGENT) -> bool:
+        """Reconcile the object now, after any reconcile of it in flight (and, while every slot
+        is taken, after the runs waiting with a lower `priority`). Never raises (except on
+        cancellation); True when the reconcile succeeded."""
         key = (namespace, name)
         async with self._lock(key):
             if not self.active():
@@ -84,13 +124,16 @@ class Scheduler:
                 log.debug("not reconciling %s/%s (%s): not the leader", namespace, name, trigger)
                 return False
             if self._slots is None:
-                self._slots = asyncio.Semaphore(max(1, self.concurrency))
+                self._slots = Slots(max(1, self.concurrency))
             try:
-                async with self._slots:
+                await self._slots.acquire(priority)
+                try:
                     # The reconcile reads the object from now on: a change after this point
                     # needs a run of its own.
                     self._queued.discard(key)
                     requeue = await self.reconcile(namespace, name, trigger)
+                finally:
+                    self._slots.release()
             except Exception as exc:  # noqa: BLE001 - isolation is the point: any error, this object only
                 failures = self.failures.get(key, 0) + 1
                 self.failures[key] = failures
@@ -162,7 +205,7 @@ class Scheduler:
 
         async def one(key: Key) -> None:
             async with gate:
-                await self.run(key[0], key[1], "resync")
+                await self.run(key[0], key[1], "resync", FOLLOW_UP)
 
         await asyncio.gather(*(one(key) for key in keys))
 
