@@ -30,6 +30,7 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,  # a typo in a template fails loudly, not as ""
         autoescape=False,
         keep_trailing_newline=True,
+        auto_reload=False,  # package data: no stat of the template file on every render
     )
 
 
