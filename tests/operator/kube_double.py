@@ -332,6 +332,14 @@ def reject_invalid_crd(crd: Obj) -> None:
     from modelship_operator.api.validate import default_errors, structural_errors
 
     errors = []
+    group = str((crd.get("spec") or {}).get("group") or "")
+    annotations = (crd.get("metadata") or {}).get("annotations") or {}
+    if any(group == g or group.endswith("." + g) for g in ("k8s.io", "kubernetes.io")) \
+            and "api-approved.kubernetes.io" not in annotations:
+        # apiextensions' protected groups: the real server refuses such a CRD without approval
+        errors.append('metadata.annotations[api-approved.kubernetes.io]: Required value: protected groups must '
+                      'have approval annotation "api-approved.kubernetes.io", see '
+                      'https://github.com/kubernetes/enhancements/pull/1111')
     for version in (crd.get("spec") or {}).get("versions") or []:
         schema = (version.get("schema") or {}).get("openAPIV3Schema")
         where = f"spec.versions[{version.get('name')}].schema.openAPIV3Schema"

@@ -262,6 +262,26 @@ def test_a_crd_without_a_structural_schema_is_rejected(store: ObjectStore) -> No
     assert err.value.status == 422 and ".spec: object without properties" in err.value.message
 
 
+def test_a_crd_in_a_protected_group_needs_the_approval_annotation(store: ObjectStore) -> None:
+    """As the real API server (seen there: an HTTPRoute CRD without it got a 422)."""
+    rtype = store.type_for("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+    schema = {"openAPIV3Schema": {"type": "object", "properties": {
+        "metadata": {"type": "object"}, "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}}
+    crd = {"metadata": {"name": "widgets.gateway.networking.k8s.io"},
+           "spec": {"group": "gateway.networking.k8s.io", "scope": "Namespaced",
+                    "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                    "versions": [{"name": "v1", "served": True, "storage": True, "schema": schema}]}}
+    with pytest.raises(ApiError) as err:
+        store.create(rtype, None, copy.deepcopy(crd))
+    assert err.value.status == 422 and "protected groups must have approval annotation" in err.value.message
+    crd["metadata"]["annotations"] = {"api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api"}
+    store.create(rtype, None, copy.deepcopy(crd))
+    other = copy.deepcopy(crd)  # any other group needs nothing
+    other["metadata"] = {"name": "widgets.example.com"}
+    other["spec"]["group"] = "example.com"
+    store.create(rtype, None, other)
+
+
 # --------------------------------------------------------------------------- over HTTP, through kube.py
 
 

@@ -51,7 +51,8 @@ def httproute_crd() -> dict[str, Any]:
         "type": "object", "x-kubernetes-preserve-unknown-fields": True}
     return {
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "httproutes.gateway.networking.k8s.io"},
+        "metadata": {"name": "httproutes.gateway.networking.k8s.io",  # a protected group: approval required
+                     "annotations": {"api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api"}},
         "spec": {
             "group": "gateway.networking.k8s.io", "scope": "Namespaced",
             "names": {"kind": "HTTPRoute", "listKind": "HTTPRouteList", "plural": "httproutes",
