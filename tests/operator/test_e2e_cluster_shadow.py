@@ -332,6 +332,9 @@ def test_a_shadow_canary_that_agrees_takes_no_client_request_then_traffic_and_is
     assert compared and all(a["disagreement"] <= MAX_DISAGREEMENT for a in compared), analyses[-3:]
     assert any(a.get("verdict") == "Pass" for a in analyses), analyses[-3:]
     assert shadow_took >= SHADOW_DURATION - 1, shadow_took  # the step lasted its duration
+    # ... counted from when mirroring began (status.canary.shadowSince), not from the step's start
+    # (which includes the canary pods' start); `shadow_seen` is polled, so up to a poll late
+    assert shadowed >= SHADOW_DURATION - 2, (shadowed, shadow_seen - step_started)
     assert not status["canary"].get("shadowPercent"), status["canary"]
     # every client request of the shadow step was answered by the stable: none by the canary
     during = _delta(load.counts_at(shadow_until), load.counts_at(shadow_seen))
