@@ -360,3 +360,35 @@ def test_waiting_runs_get_a_slot_by_priority_then_in_order() -> None:
         await scheduler.stop()
 
     asyncio.run(go())
+
+
+def test_follow_ups_enqueued_while_waiting_join_one_run_after_urgent_ones() -> None:
+    """A child's status changing three times while its owner waits for a slot: one reconcile of
+    the owner, after the object created meanwhile."""
+    async def go() -> None:
+        from modelship_operator.runtime.scheduler import FOLLOW_UP
+        gate = asyncio.Event()
+        order: list[str] = []
+
+        async def reconcile(namespace: str, name: str, trigger: str) -> float | None:
+            order.append(f"{name}:{trigger}")
+            if name == "busy":
+                await gate.wait()
+            return None
+
+        async def no_objects() -> list[tuple[str, str]]:
+            return []
+        scheduler = Scheduler(reconcile, no_objects, concurrency=1)
+        scheduler.enqueue(NS, "busy", "added")
+        await settle()
+        for i in range(3):
+            scheduler.enqueue(NS, "owner", f"deployment owner-abc modified {i}", FOLLOW_UP)
+        scheduler.enqueue(NS, "new", "added")
+        await settle()
+        gate.set()
+        for _ in range(10):
+            await settle()
+        assert order == ["busy:added", "new:added", "owner:deployment owner-abc modified 0"]
+        await scheduler.stop()
+
+    asyncio.run(go())

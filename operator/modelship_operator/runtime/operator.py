@@ -74,10 +74,11 @@ class Runtime:
         if uid:
             self.reconciler.memory.forget(uid)
 
-    async def child_changed(self, namespace: str, name: str, trigger: str) -> bool:
+    async def child_changed(self, namespace: str, name: str, trigger: str) -> None:
         """A child of this ModelDeployment changed (its controller's status, someone's edit): a
-        follow-up, after the runs for objects that were themselves created or changed."""
-        return await self.scheduler.run(namespace, name, trigger, FOLLOW_UP)
+        follow-up, after the runs for objects that were themselves created or changed, and
+        joined with any run of the object still waiting."""
+        self.scheduler.enqueue(namespace, name, trigger, FOLLOW_UP)
 
     def model_deployment_changed(self, event_type: str, obj: dict) -> None:
         """Someone else created, changed or deleted a ModelDeployment, and the watch cache holds

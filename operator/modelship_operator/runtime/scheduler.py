@@ -149,16 +149,18 @@ class Scheduler:
             self.schedule(namespace, name, requeue)
             return True
 
-    def enqueue(self, namespace: str, name: str, trigger: str) -> None:
+    def enqueue(self, namespace: str, name: str, trigger: str, priority: int = URGENT) -> None:
         """Reconcile the object soon, without waiting for it (a workqueue's Add): at most one run
-        per object waits for its turn, and requests while it waits join it. Only the key waits,
-        never a body: a burst of 1,000 new objects holds 1,000 keys, not 1,000 objects, while
-        `concurrency` reconciles run (each reads its object when it starts)."""
+        per object waits for its turn, and requests while it waits join it (a Deployment whose
+        status the controller updates three times while its owner waits costs one reconcile).
+        Only the key waits, never a body: a burst of 1,000 new objects holds 1,000 keys, not
+        1,000 objects, while `concurrency` reconciles run (each reads its object when it starts)."""
         key = (namespace, name)
         if key in self._queued:
             return
         self._queued.add(key)
-        task = asyncio.create_task(self.run(namespace, name, trigger), name=f"modelship-queued-{namespace}/{name}")
+        task = asyncio.create_task(self.run(namespace, name, trigger, priority),
+                                   name=f"modelship-queued-{namespace}/{name}")
         self._queue_tasks.add(task)
         task.add_done_callback(self._queue_tasks.discard)
 
