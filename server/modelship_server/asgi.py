@@ -160,13 +160,14 @@ class ModelshipASGI:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _client_request_id(scope["headers"]) or new_request_id()
+        client_id = _client_request_id(scope["headers"])
+        request_id = client_id or new_request_id()
         route = _route(scope["method"], scope["path"])
         if self._admin_port and not self._served_here(scope, route):
             await _send_reply(send, Reply(404, dumps({"error": "not found"})), [self._version, (REQUEST_ID, request_id)])
             return
         if route is not None:
-            await self._infer(scope, receive, send, request_id, *route)
+            await self._infer(scope, receive, send, request_id, client_id is None, *route)
             return
         extra = [self._version, (REQUEST_ID, request_id)]
         if scope["method"] != "POST" and _route("POST", scope["path"]) is not None:
@@ -189,12 +190,12 @@ class ModelshipASGI:
 
         await self.app(scope, receive, send_with_headers)
 
-    async def _infer(self, scope: dict, receive: Callable, send: Callable, request_id: bytes,
+    async def _infer(self, scope: dict, receive: Callable, send: Callable, request_id: bytes, drawn: bool,
                      protocol: str, handler: Callable[..., Awaitable[Reply]], args: tuple) -> None:  # fmt: skip
         service = self.service
         start = time.perf_counter()
         service.inflight += 1
-        call = Call(request_id.decode(), shadow=_header(scope["headers"], SHADOW_HEADER) == b"1")
+        call = Call(request_id.decode(), shadow=_header(scope["headers"], SHADOW_HEADER) == b"1", drawn=drawn)
         body = b""
         body_read = False
         error: str | None = None

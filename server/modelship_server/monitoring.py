@@ -63,18 +63,19 @@ class Monitoring:
                 if self.observe_errors == 1:
                     log.warning("drift: input %r does not fit the reference profile: %s", self.drift_input, e)
 
-    def record(self, request_id: str, result: Any) -> None:
-        """A successful request's predictions, kept under its request id for feedback (event loop)."""
+    def record(self, request_id: str, result: Any, unique: bool = False) -> None:
+        """A successful request's predictions, kept under its request id for feedback (event loop).
+        `unique`: the server drew the id (never seen before: the store skips its duplicate check)."""
         store = self.feedback
         if store is not None:
             try:
                 classes = result.classes if self.classifier else None
                 if classes is not None:
                     # one row: a plain int, no array (the store copies anything else)
-                    store.record(request_id, classes.item(0) if len(classes) == 1 else classes)
+                    store.record(request_id, classes.item(0) if len(classes) == 1 else classes, unique)
                 else:
                     out = result.outputs[self.first_output]
-                    store.record(request_id, out.reshape(out.shape[0], -1) if out.ndim > 2 else out)
+                    store.record(request_id, out.reshape(out.shape[0], -1) if out.ndim > 2 else out, unique)
             except (ValueError, KeyError, IndexError) as e:  # monitoring never fails a request
                 self.observe_errors += 1
                 if self.observe_errors == 1:

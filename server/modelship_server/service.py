@@ -57,6 +57,7 @@ class Call:
     inputs: dict[str, np.ndarray] | None = None  # decoded tensors (for the audit's digest/summary)
     outputs: dict[str, np.ndarray] | None = None  # this request's outputs (the shadow mirror compares them)
     shadow: bool = False  # a stable pod's mirror (X-Modelship-Shadow): not stored for feedback, not mirrored
+    drawn: bool = False  # the server drew the request id (random, never known before): no duplicate check
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -231,7 +232,7 @@ class Service:
             call.rows, call.batch_size, call.inputs, call.outputs = rows, result.batch_rows, inputs, result.outputs
             if self.monitoring is not None and not call.shadow:
                 # Before the response is sent: feedback that races the response still finds it.
-                self.monitoring.record(call.request_id, result)
+                self.monitoring.record(call.request_id, result, unique=call.drawn)
         return result
 
     def _run_batch(self, payloads: list[dict[str, np.ndarray]]) -> list[Result]:

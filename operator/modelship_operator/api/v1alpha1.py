@@ -695,7 +695,7 @@ class FeedbackSpec(_Object):
     ttl: Annotated[str, OA(maxLength=32, pattern=DURATION_PATTERN), _positive_rule("monitoring.feedback.ttl")] = F(
         "How long a prediction waits for its ground truth, e.g. 1h.", "1h")
     max_entries: Annotated[Int32, OA(minimum=1, maximum=10000000)] = F(
-        "Pending predictions kept per pod (about 250 bytes each for one row).", 100000)
+        "Pending predictions kept per pod (about 160 bytes each for one row).", 100000)
     max_bytes: Annotated[Size, V02] = F(
         "Memory budget of the pending predictions per pod (bytes or a quantity such as 32Mi); the oldest are "
         "evicted beyond it.", "32Mi")
