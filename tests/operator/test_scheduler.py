@@ -324,24 +324,30 @@ def test_stop_cancels_enqueued_runs() -> None:
     asyncio.run(go())
 
 
+def _one_slot_held_by_busy(label: Callable[[str, str], str]) -> tuple[Scheduler, asyncio.Event, list[str]]:
+    """A one-slot scheduler whose reconcile logs `label(name, trigger)` of every run, and whose
+    run of "busy" holds the slot until the returned gate is set."""
+    gate = asyncio.Event()
+    order: list[str] = []
+
+    async def reconcile(namespace: str, name: str, trigger: str) -> float | None:
+        order.append(label(name, trigger))
+        if name == "busy":
+            await gate.wait()
+        return None
+
+    async def no_objects() -> list[tuple[str, str]]:
+        return []
+    return Scheduler(reconcile, no_objects, concurrency=1), gate, order
+
+
 def test_waiting_runs_get_a_slot_by_priority_then_in_order() -> None:
     """With every slot taken, a change to an object itself (URGENT) goes before follow-ups of
     children's status and resyncs (FOLLOW_UP) that waited longer; each class in arrival order.
     A waiter cancelled meanwhile is skipped and its slot goes on."""
     async def go() -> None:
         from modelship_operator.runtime.scheduler import FOLLOW_UP, URGENT
-        gate = asyncio.Event()
-        order: list[str] = []
-
-        async def reconcile(namespace: str, name: str, trigger: str) -> float | None:
-            order.append(name)
-            if name == "busy":
-                await gate.wait()
-            return None
-
-        async def no_objects() -> list[tuple[str, str]]:
-            return []
-        scheduler = Scheduler(reconcile, no_objects, concurrency=1)
+        scheduler, gate, order = _one_slot_held_by_busy(lambda name, trigger: name)
         busy = asyncio.create_task(scheduler.run(NS, "busy", "added"))
         await settle()
         runs = [asyncio.create_task(scheduler.run(NS, name, trigger, priority))
@@ -367,18 +373,7 @@ def test_follow_ups_enqueued_while_waiting_join_one_run_after_urgent_ones() -> N
     the owner, after the object created meanwhile."""
     async def go() -> None:
         from modelship_operator.runtime.scheduler import FOLLOW_UP
-        gate = asyncio.Event()
-        order: list[str] = []
-
-        async def reconcile(namespace: str, name: str, trigger: str) -> float | None:
-            order.append(f"{name}:{trigger}")
-            if name == "busy":
-                await gate.wait()
-            return None
-
-        async def no_objects() -> list[tuple[str, str]]:
-            return []
-        scheduler = Scheduler(reconcile, no_objects, concurrency=1)
+        scheduler, gate, order = _one_slot_held_by_busy(lambda name, trigger: f"{name}:{trigger}")
         scheduler.enqueue(NS, "busy", "added")
         await settle()
         for i in range(3):
